@@ -1,0 +1,340 @@
+"""The SSD scan of Mamba-2, written twice in plain PyTorch, plus a dispatcher to the fast kernels.
+
+Mamba-2's mixer ("Transformers are SSMs", Dao & Gu 2024) runs, for every head h, a linear recurrence
+over time t whose state is a (headdim, d_state) matrix:
+
+    state_t = exp(dt_t * A_h) * state_{t-1}  +  dt_t * outer(x_t, B_t)      # (P, N)
+    y_t     = state_t @ C_t  (+ D_h * x_t)                                   # (P,)
+
+`exp(dt_t * A_h)` is a scalar in (0, 1] (A_h < 0, dt_t > 0): SSD's one restriction compared with Mamba-1
+is that the decay is one number per head and step. That restriction is what makes the chunked algorithm
+below possible: inside a chunk the recurrence unrolls into a masked "attention" matrix
+(C_l . B_s) * exp(dtA_{s+1} + ... + dtA_l), and across chunks only one state per chunk has to be passed on.
+
+Three ways to compute the same y, all with mamba_chunk_scan_combined's argument conventions:
+
+* `ssd_sequential` - the recurrence exactly as written above, one step at a time. Ground truth.
+* `ssd_chunked`    - the chunked SSD algorithm (the four steps of the Mamba-2 paper), in plain PyTorch.
+                     Runs anywhere, differentiable, linear memory in the length. The CPU path.
+* `ssd_scan`       - dispatcher: mamba-ssm's Triton kernel or flash-linear-attention's kernel when the
+                     tensors are on CUDA and the package imports, `ssd_chunked` otherwise.
+
+Shapes (letters as in the Mamba-2 paper and ssd_minimal.py):
+    b batch, L length, h nheads, p headdim, g ngroups (h % g == 0), n d_state,
+    c number of chunks, l and s positions inside a chunk (l: output, s: input), Q chunk size.
+
+    x  (b, L, h, p)   inputs
+    dt (b, L, h)      step sizes, ALREADY positive (the caller applied softplus(dt + dt_bias))
+    A  (h,)           negative reals (the caller applied -exp(A_log))
+    B  (b, L, g, n)   input projections, head i uses group i // (h // g)
+    C  (b, L, g, n)   output projections
+    D  (h,) or None   skip connection
+    initial_state, final state: (b, h, p, n)
+    y  (b, L, h, p)
+"""
+
+import importlib
+import importlib.util
+import inspect
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+
+# Chunk size recommended for `ssd_chunked` on CPU. Per token, step 1 costs ~Q*(p + n) and steps 2-4 cost
+# ~p*n whatever Q, so small chunks do fewer FLOPs; too small and the python loop of step 3 (L/Q steps)
+# and tiny matmuls take over. Forward+backward at length 4096, Adventurer-Tiny shapes (8 heads, headdim
+# 64, d_state 64), 2 busy shared EPYC cores (benchmarks/results/ssd_cpu.json): Q=16 291 ms, 32 239,
+# 64 237, 128 308, 256 502; 64 was fastest or tied in each of three runs. GPU kernels use 256.
+CPU_CHUNK_SIZE = 64
+
+
+# ---------------------------------------------------------------------------------------------------
+# shape checks shared by all paths
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_shapes(x, dt, A, B, C, D=None, initial_state=None):
+    assert x.dim() == 4, f"x must be (batch, length, nheads, headdim), got {tuple(x.shape)}"
+    batch, seqlen, nheads, headdim = x.shape
+    assert dt.shape == (batch, seqlen, nheads), f"dt must be {(batch, seqlen, nheads)}, got {tuple(dt.shape)}"
+    assert A.shape == (nheads,), f"A must be ({nheads},), got {tuple(A.shape)}"
+    assert B.dim() == 4 and B.shape[:2] == (batch, seqlen), f"B must be (batch, length, ngroups, d_state), got {tuple(B.shape)}"
+    assert C.shape == B.shape, f"C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}"
+    ngroups, dstate = B.shape[2:]
+    assert nheads % ngroups == 0, f"nheads={nheads} must be divisible by ngroups={ngroups}"
+    assert D is None or D.shape == (nheads,), f"D must be ({nheads},), got {tuple(D.shape)}"
+    if initial_state is not None:
+        want = (batch, nheads, headdim, dstate)
+        assert initial_state.shape == want, f"initial_state must be {want}, got {tuple(initial_state.shape)}"
+    return batch, seqlen, nheads, headdim, ngroups, dstate
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. the definition: one step at a time
+# ---------------------------------------------------------------------------------------------------
+
+
+def ssd_sequential(x, dt, A, B, C, D=None, initial_state=None, return_final_state=False):
+    """The SSD recurrence evaluated step by step: the ground truth the faster paths are tested against.
+
+    A fair loop: everything that does not depend on the state is computed for all steps at once before
+    the loop, and each step is two fused ops on the (b, h, p, n) state plus one batched mat-vec.
+    Autograd keeps one state per step, so memory is L * b*h*p*n: fine for tests, not for training.
+    Returns y (b, L, h, p), and the final state (b, h, p, n) if return_final_state.
+    """
+    batch, seqlen, nheads, headdim, ngroups, dstate = _check_shapes(x, dt, A, B, C, D, initial_state)
+    # everything that does not depend on the state, for all steps at once
+    decay = torch.exp(dt * A)                             # (b, L, h)       exp(dt_t A_h), in (0, 1]
+    dtx = (x * dt[..., None]).unsqueeze(-1)               # (b, L, h, p, 1) dt_t x_t
+    B = repeat(B, "b L g n -> b L (g r) 1 n", r=nheads // ngroups)   # (b, L, h, 1, n)
+    C = repeat(C, "b L g n -> b L (g r) n 1", r=nheads // ngroups)   # (b, L, h, n, 1)
+    decay = decay[..., None, None]                        # (b, L, h, 1, 1)
+
+    if initial_state is None:
+        state = x.new_zeros(batch, nheads, headdim, dstate)          # (b, h, p, n)
+    else:
+        state = initial_state.to(x.dtype)
+    # unbind, not [:, t] in the loop: the backward of L separate slices would build L full-size
+    # zero gradients (quadratic time); unbind's backward stacks the L slice gradients once.
+    ys = []
+    for decay_t, dtx_t, B_t, C_t in zip(*(t.unbind(dim=1) for t in (decay, dtx, B, C)), strict=True):
+        # state_t = exp(dt_t A) * state_{t-1} + (dt_t x_t) outer B_t
+        state = torch.addcmul(decay_t * state, dtx_t, B_t)            # (b, h, p, n)
+        # y_t = state_t @ C_t
+        ys.append(torch.matmul(state, C_t))                            # (b, h, p, 1)
+    y = torch.stack(ys, dim=1).squeeze(-1)                # (b, L, h, p)
+    if D is not None:
+        y = y + x * D[:, None]
+    return (y, state) if return_final_state else y
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. the chunked SSD algorithm
+# ---------------------------------------------------------------------------------------------------
+
+
+def segsum(a_cumsum):
+    """Segment sums from a cumulative sum over the last axis (length Q):
+
+        out[..., l, s] = a_cumsum[..., l] - a_cumsum[..., s] = a[s+1] + ... + a[l]   for l >= s,  -inf above.
+
+    exp(segsum) is the decay from step s to step l: the lower-triangular 1-semiseparable mask of SSD.
+    A difference of cumulative sums over at most one chunk, so cancellation stays small (ssd_minimal's
+    `segsum` avoids even that by a masked cumsum over a Q x Q copy: two more passes over the largest
+    tensor of the algorithm, which in float32 buys nothing measurable at chunk sizes <= 256). The entries above
+    the diagonal are set to -inf BEFORE the exp: exp never sees a large positive number (there,
+    the difference is positive and can overflow), so no inf reaches the backward pass, where
+    inf * 0 would make nan gradients; they come out exactly 0.
+    """
+    Q = a_cumsum.shape[-1]
+    diff = a_cumsum[..., :, None] - a_cumsum[..., None, :]           # (..., Q, Q)  [l, s]
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=a_cumsum.device).tril()
+    return diff.masked_fill(~causal, float("-inf"))
+
+
+def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, initial_state=None, return_final_state=False):
+    """The chunked SSD algorithm ("state space duality", Mamba-2 paper section 6) in plain PyTorch.
+
+    The sequence is cut into c chunks of Q = chunk_size steps (padded at the end to a multiple of Q with
+    dt = 0, which leaves the state untouched, and trimmed again). Then:
+      1. intra-chunk outputs: inside each chunk, y is a masked attention-like product (quadratic in Q).
+      2. chunk states: the state each chunk would produce starting from zero.
+      3. inter-chunk recurrence: pass the states along the chunks (the recurrence again, c steps, not L).
+      4. state-to-output: the contribution of the state entering each chunk to that chunk's outputs.
+    y = (1) + (4). Memory and time are linear in L; only step 1 is quadratic, and only inside a chunk.
+    Any length works; the result does not depend on chunk_size (up to rounding), the speed does: on CPU
+    use CPU_CHUNK_SIZE (64), about 2x faster than the GPU kernels' 256. Half-precision inputs are
+    computed in float32 and cast back.
+    Returns y (b, L, h, p), and the final state (b, h, p, n) if return_final_state.
+    """
+    batch, seqlen, nheads, headdim, ngroups, dstate = _check_shapes(x, dt, A, B, C, D, initial_state)
+    out_dtype = x.dtype
+    dtype = torch.promote_types(x.dtype, torch.float32)   # fp16/bf16 -> fp32, fp64 stays fp64
+    x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
+
+    # pad the length to a multiple of Q: dt = 0 means decay 1 and no input, so padding changes nothing
+    Q = chunk_size
+    pad = -seqlen % Q
+    if pad:
+        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        dt = F.pad(dt, (0, 0, 0, pad))
+    r = nheads // ngroups                                 # heads per group
+
+    # discretise: the input is scaled by the step, the log-decay is dt*A
+    # Layout: time-major like x itself, (b, c, l, g, r, ...): chunks are a free view of the length, and
+    # heads split into (g, r) so B and C are shared by the r heads of their group. In steps 2 and 4 the
+    # (r, p) axes become the columns of one matmul per chunk (with one group, without any copy).
+    X = rearrange(x * dt[..., None], "b (c l) (g r) p -> b c l g r p", l=Q, g=ngroups)  # (b, c, Q, g, r, p)
+    dA = rearrange(dt * A, "b (c l) (g r) -> b c l g r", l=Q, g=ngroups)                 # (b, c, Q, g, r)
+    B = rearrange(B, "b (c l) g n -> b c l g n", l=Q)                                   # (b, c, Q, g, n)
+    C = rearrange(C, "b (c l) g n -> b c l g n", l=Q)                                   # (b, c, Q, g, n)
+    dA_cumsum = torch.cumsum(dA, dim=2)                     # (b, c, Q, g, r)  dA_1 + ... + dA_l
+
+    # 1. intra-chunk (diagonal blocks): y_l = sum_{s<=l} (C_l . B_s) exp(dA_{s+1} + ... + dA_l) X_s
+    CB = torch.einsum("bclgn,bcsgn->bcgls", C, B)                                # (b, c, g, Q, Q)
+    Lmask = torch.exp(segsum(rearrange(dA_cumsum, "b c l g r -> b c g r l")))    # (b, c, g, r, Q, Q)
+    Y_diag = torch.einsum("bcgrls,bcsgrp->bclgrp", CB[:, :, :, None] * Lmask, X)  # (b, c, Q, g, r, p)
+
+    # 2. chunk states: state at the end of each chunk, starting from zero at its start
+    #    (stored transposed, (n, r, p), so that step 4 can use it without a copy)
+    decay_states = torch.exp(dA_cumsum[:, :, -1:] - dA_cumsum)                    # (b, c, Q, g, r) s -> end
+    states = torch.einsum("bcsgn,bcsgrp->bcgnrp", B, X * decay_states[..., None])  # (b, c, g, n, r, p)
+
+    # 3. inter-chunk recurrence: the state entering chunk z is
+    #    exp(sum of dA over chunk z-1) * (state entering z-1) + states[z-1].
+    #    A python loop over c = L/Q chunks: linear in L (ssd_minimal's c x c segsum matrix is quadratic).
+    chunk_decay = rearrange(torch.exp(dA_cumsum[:, :, -1]), "b c g r -> b c g 1 r 1")  # (b, c, g, 1, r, 1)
+    if initial_state is None:
+        state = X.new_zeros(batch, ngroups, dstate, r, headdim)                        # (b, g, n, r, p)
+    else:
+        state = rearrange(initial_state.to(dtype), "b (g r) p n -> b g n r p", g=ngroups)
+    states_in = []
+    for states_z, decay_z in zip(states.unbind(dim=1), chunk_decay.unbind(dim=1), strict=True):
+        states_in.append(state)
+        state = torch.addcmul(states_z, decay_z, state)                                # (b, g, n, r, p)
+    states_in = torch.stack(states_in, dim=1)                                          # (b, c, g, n, r, p)
+
+    # 4. state -> output (off-diagonal blocks): y_l += exp(dA_1 + ... + dA_l) * (C_l . state_in)
+    Y_off = torch.einsum("bclgn,bcgnrp->bclgrp", C, states_in)                   # (b, c, Q, g, r, p)
+    Y = torch.addcmul(Y_diag, Y_off, torch.exp(dA_cumsum)[..., None])
+
+    y = rearrange(Y, "b c l g r p -> b (c l) (g r) p")[:, :seqlen]              # (b, L, h, p)
+    if D is not None:
+        y = y + x[:, :seqlen] * D.to(dtype)[:, None]
+    y = y.to(out_dtype)
+    if return_final_state:
+        return y, rearrange(state, "b g n r p -> b (g r) p n").to(out_dtype)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. dispatcher: the fast kernels when they can run, the reference otherwise
+# ---------------------------------------------------------------------------------------------------
+
+BACKENDS = ("reference", "mamba_ssm", "fla")
+
+# backend -> (module to import, function in it, pip package, install hint)
+_KERNELS = {
+    "mamba_ssm": (
+        "mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined", "mamba_ssm",
+        "pip install mamba-ssm --no-build-isolation  (needs an NVIDIA GPU, a CUDA toolkit matching torch, "
+        "and triton; or pip install 'pixelvit[cuda]')",
+    ),
+    "fla": (
+        "fla.ops.simple_gla", "chunk_simple_gla", "fla",
+        "pip install fla-core  (flash-linear-attention's kernels; needs a CUDA GPU and triton)",
+    ),
+}
+
+
+@cache
+def _load_kernel(name):
+    """Import a kernel backend once. Returns (function, None) or (None, why it is unusable).
+
+    Cached, so a failed import is tried once and its reason remembered. Imports nothing on a machine
+    without CUDA: those packages need triton and a GPU, and importing them on CPU is slow or noisy.
+    """
+    module, attr, package, _ = _KERNELS[name]
+    installed = importlib.util.find_spec(package) is not None
+    if not torch.cuda.is_available():
+        return None, f"no CUDA device (torch.cuda.is_available() is False); {package} is " + (
+            "installed" if installed else "not installed")
+    if not installed:
+        return None, f"{package} is not installed"
+    try:
+        return getattr(importlib.import_module(module), attr), None
+    except Exception as e:  # ImportError, but also triton/CUDA errors raised at import time
+        return None, f"import {module} failed: {type(e).__name__}: {e}"
+
+
+def available_backends():
+    """The backends usable on this machine, reference first: e.g. ["reference"] or ["reference", "mamba_ssm", "fla"]."""
+    return ["reference"] + [name for name in _KERNELS if _load_kernel(name)[0] is not None]
+
+
+def describe_backends():
+    """A human-readable report: which backend `ssd_scan(backend="auto")` uses, and why not the others."""
+    lines = ["SSD scan backends (auto: mamba_ssm, then fla, for CUDA tensors; reference otherwise):",
+             "  reference  available: pixelvit.ops.ssd.ssd_chunked, plain PyTorch, any device"]
+    for name, (module, attr, _, hint) in _KERNELS.items():
+        fn, why = _load_kernel(name)
+        if fn is not None:
+            lines.append(f"  {name:<10} available: {module}.{attr}")
+        else:
+            lines.append(f"  {name:<10} unavailable: {why}. Install: {hint}")
+    return "\n".join(lines)
+
+
+def select_backend(device, requested="auto"):
+    """The backend `ssd_scan` uses for tensors on `device`: "reference", "mamba_ssm" or "fla".
+
+    "auto" prefers mamba-ssm's kernel, then fla's, for CUDA tensors, and is always "reference" on other
+    devices (without probing CUDA). Forcing a backend that cannot run raises ValueError saying why and
+    how to install it.
+    """
+    if requested not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown SSD backend {requested!r}; choose one of {('auto', *BACKENDS)}")
+    device = torch.device(device)
+    if requested == "reference":
+        return "reference"
+    if requested == "auto":
+        if device.type == "cuda":
+            for name in _KERNELS:
+                if _load_kernel(name)[0] is not None:
+                    return name
+        return "reference"
+    # a kernel was forced
+    hint = _KERNELS[requested][3]
+    if device.type != "cuda":
+        raise ValueError(f"SSD backend {requested!r} needs CUDA tensors, got device {device}. "
+                         f"On this device use 'reference' (or 'auto'). Install for GPUs: {hint}")
+    fn, why = _load_kernel(requested)
+    if fn is None:
+        raise ValueError(f"SSD backend {requested!r} is unavailable: {why}. Install: {hint}. "
+                         f"Available here: {available_backends()}")
+    return requested
+
+
+def _ssd_mamba_ssm(x, dt, A, B, C, chunk_size, D):
+    # mamba-ssm's fused Triton kernel has exactly our conventions; dt is already positive,
+    # so no dt_bias and no softplus inside the kernel.
+    kernel = _load_kernel("mamba_ssm")[0]
+    return kernel(x, dt, A, B, C, chunk_size, D=D, dt_softplus=False)
+
+
+def _ssd_fla(x, dt, A, B, C, D):
+    # SSD is simple gated linear attention (one scalar decay per head and step) with
+    #   q = C,  k = dt * B,  v = x,  log-decay g = dt * A,  no 1/sqrt(d) scale;
+    # fla keeps the state as (d_state, headdim) = k^T v, our (headdim, d_state) transposed, which does
+    # not change y. fla wants one q/k per head, so the groups are repeated to heads.
+    # fla picks its own chunk size (64).
+    kernel = _load_kernel("fla")[0]
+    r = x.shape[2] // B.shape[2]
+    q = repeat(C, "b L g n -> b L (g r) n", r=r).to(x.dtype)
+    k = (repeat(B, "b L g n -> b L (g r) n", r=r) * dt[..., None]).to(x.dtype)
+    g = (dt * A).float()
+    extra = {}
+    if "head_first" in inspect.signature(kernel).parameters:   # older fla releases defaulted to (b, h, L, d)
+        extra["head_first"] = False
+    y, _ = kernel(q=q, k=k, v=x, g=g, scale=1.0, **extra)
+    if D is not None:
+        y = y + x * D.to(y.dtype)[:, None]
+    return y
+
+
+def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, backend="auto"):
+    """y = SSD(x, dt, A, B, C) (+ D * x) with the fastest backend that can run here; see `select_backend`.
+
+    Arguments as `ssd_chunked` (dt already positive). Which backend runs is `select_backend(x.device,
+    backend)`; `describe_backends()` says what is available and why not the others. The reference path
+    is `ssd_chunked(chunk_size=chunk_size)`: on CPU pass chunk_size=CPU_CHUNK_SIZE, 256 is the GPU
+    kernels' choice and several times slower on CPU.
+    """
+    name = select_backend(x.device, backend)
+    if name == "mamba_ssm":
+        return _ssd_mamba_ssm(x, dt, A, B, C, chunk_size, D)
+    if name == "fla":
+        return _ssd_fla(x, dt, A, B, C, D)
+    return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D)

@@ -1,0 +1,344 @@
+"""Tests for pixelvit.ops.ssd: the chunked SSD scan against the step-by-step recurrence, and the dispatcher.
+
+Everything runs on CPU in well under a minute. The tests marked `gpu` compare the CUDA kernels
+(mamba-ssm, flash-linear-attention) with the reference and skip where there is no GPU or no kernel.
+"""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pixelvit.ops import ssd
+from pixelvit.ops.ssd import (
+    available_backends,
+    describe_backends,
+    select_backend,
+    ssd_chunked,
+    ssd_scan,
+    ssd_sequential,
+)
+
+
+def make_inputs(batch=2, seqlen=37, nheads=4, headdim=3, ngroups=2, dstate=5, dtype=torch.float64,
+                seed=0, device="cpu", dt_shift=-1.0):
+    """Random SSD inputs with the right signs: dt > 0 (softplus), A < 0. Also D and an initial state."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    x = randn(batch, seqlen, nheads, headdim)
+    dt = F.softplus(randn(batch, seqlen, nheads) + dt_shift)
+    A = -torch.exp(randn(nheads) * 0.5)
+    B = randn(batch, seqlen, ngroups, dstate) / dstate**0.5
+    C = randn(batch, seqlen, ngroups, dstate) / dstate**0.5
+    D = randn(nheads)
+    h0 = randn(batch, nheads, headdim, dstate)
+    return tuple(t.to(device=device, dtype=dtype) for t in (x, dt, A, B, C, D, h0))
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+# ---------------------------------------------------------------------------------------------------
+# chunked == sequential (float64)
+# ---------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    ngroups=st.integers(1, 3),
+    heads_per_group=st.integers(1, 2),
+    headdim=st.integers(1, 4),
+    dstate=st.integers(1, 5),
+    seqlen=st.integers(1, 45),
+    chunk_size=st.sampled_from([1, 2, 3, 4, 8, 16, 64]),
+    use_D=st.booleans(),
+    use_h0=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_matches_sequential(batch, ngroups, heads_per_group, headdim, dstate, seqlen, chunk_size,
+                                    use_D, use_h0, seed):
+    x, dt, A, B, C, D, h0 = make_inputs(batch, seqlen, ngroups * heads_per_group, headdim, ngroups, dstate,
+                                        seed=seed)
+    D = D if use_D else None
+    h0 = h0 if use_h0 else None
+    y_ref, s_ref = ssd_sequential(x, dt, A, B, C, D=D, initial_state=h0, return_final_state=True)
+    y, s = ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=h0, return_final_state=True)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert s.shape == (batch, ngroups * heads_per_group, headdim, dstate)
+    assert rel_err(y, y_ref) <= 1e-10
+    assert rel_err(s, s_ref) <= 1e-10
+
+
+@pytest.mark.parametrize(
+    "seqlen, chunk_size",
+    [(1, 1), (1, 64), (5, 64), (64, 64), (65, 64), (100, 16), (130, 32), (97, 256)],
+)
+def test_chunked_matches_sequential_lengths(seqlen, chunk_size):
+    """Lengths shorter than, equal to and not a multiple of the chunk (padded internally, then trimmed)."""
+    x, dt, A, B, C, D, h0 = make_inputs(batch=2, seqlen=seqlen, nheads=6, headdim=4, ngroups=3, dstate=8)
+    y_ref, s_ref = ssd_sequential(x, dt, A, B, C, D=D, initial_state=h0, return_final_state=True)
+    y, s = ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=h0, return_final_state=True)
+    assert y.shape == x.shape
+    assert rel_err(y, y_ref) <= 1e-10
+    assert rel_err(s, s_ref) <= 1e-10
+
+
+@pytest.mark.parametrize("scan", [ssd_sequential, ssd_chunked])
+def test_final_state_continues_the_scan(scan):
+    """Scanning [0, k) and then [k, L) from the first part's final state equals scanning [0, L)."""
+    x, dt, A, B, C, D, h0 = make_inputs(seqlen=50)
+    kwargs = {"chunk_size": 8} if scan is ssd_chunked else {}
+    y_full, s_full = scan(x, dt, A, B, C, D=D, initial_state=h0, return_final_state=True, **kwargs)
+    k = 21
+    y1, s1 = scan(x[:, :k], dt[:, :k], A, B[:, :k], C[:, :k], D=D, initial_state=h0, return_final_state=True,
+                  **kwargs)
+    y2, s2 = scan(x[:, k:], dt[:, k:], A, B[:, k:], C[:, k:], D=D, initial_state=s1, return_final_state=True,
+                  **kwargs)
+    assert rel_err(torch.cat([y1, y2], dim=1), y_full) <= 1e-10
+    assert rel_err(s2, s_full) <= 1e-10
+
+
+def test_sequential_is_the_recurrence():
+    """The ground truth itself, checked against the formula written out by hand for one head."""
+    x, dt, A, B, C, D, _ = make_inputs(batch=1, seqlen=6, nheads=2, headdim=3, ngroups=1, dstate=4)
+    y = ssd_sequential(x, dt, A, B, C, D=D)
+    h = 1
+    state = torch.zeros(3, 4, dtype=x.dtype)
+    for t in range(6):
+        state = torch.exp(dt[0, t, h] * A[h]) * state + dt[0, t, h] * torch.outer(x[0, t, h], B[0, t, 0])
+        assert torch.allclose(y[0, t, h], state @ C[0, t, 0] + D[h] * x[0, t, h], rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_float32_and_strong_decay():
+    """float32 stays close to the float64 truth, and a decay that underflows exp gives no inf or nan."""
+    x, dt, A, B, C, D, h0 = make_inputs(batch=1, seqlen=300, nheads=4, headdim=8, ngroups=1, dstate=16)
+    y_ref = ssd_sequential(x, dt, A, B, C, D=D, initial_state=h0)
+    args32 = [t.float() for t in (x, dt, A, B, C)]
+    y32 = ssd_chunked(*args32, chunk_size=64, D=D.float(), initial_state=h0.float())
+    assert y32.dtype == torch.float32
+    assert rel_err(y32.double(), y_ref) <= 1e-5
+
+    # dt * A down to about -300 per step: exp(segsum) spans far below float32's range within a chunk
+    args = [t.float().requires_grad_() for t in (x, dt * 30, A * 10, B, C)]
+    y = ssd_chunked(*args, chunk_size=64)
+    y.square().sum().backward()
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(t.grad).all() for t in args)
+    y_ref = ssd_sequential(*(t.detach().double() for t in args))
+    assert rel_err(y.double(), y_ref) <= 1e-5
+
+
+def test_chunked_bfloat16_inputs():
+    """Half-precision inputs are computed in float32 and come back in their own dtype."""
+    x, dt, A, B, C, D, _ = make_inputs(seqlen=40, dtype=torch.bfloat16)
+    y = ssd_chunked(x, dt, A, B, C, chunk_size=16, D=D)
+    assert y.dtype == torch.bfloat16
+    y_ref = ssd_chunked(*(t.float() for t in (x, dt, A, B, C)), chunk_size=16, D=D.float())
+    assert torch.allclose(y.float(), y_ref, rtol=1e-2, atol=1e-2)
+
+
+def test_chunked_memory_is_linear_in_length():
+    """What autograd keeps for backward grows like L, not (L / Q)^2 (e.g. a c x c matrix in step 3)."""
+
+    def saved_bytes(seqlen):
+        inputs = [t.requires_grad_() for t in make_inputs(1, seqlen, 2, 2, 1, 2, dtype=torch.float32)[:5]]
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ssd_chunked(*inputs, chunk_size=4)
+        return sum(storages.values())
+
+    assert saved_bytes(4096) / saved_bytes(1024) < 4.5
+
+
+# ---------------------------------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ngroups, chunk_size", [(1, 3), (2, 4)])
+def test_chunked_gradcheck(ngroups, chunk_size):
+    """Analytic gradients of every differentiable input match finite differences (float64)."""
+    inputs = make_inputs(batch=1, seqlen=7, nheads=2, headdim=2, ngroups=ngroups, dstate=3, seed=1)
+    inputs = tuple(t.requires_grad_() for t in inputs)
+
+    def f(x, dt, A, B, C, D, h0):
+        return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=h0, return_final_state=True)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_chunked_gradients_match_sequential():
+    x, dt, A, B, C, D, h0 = make_inputs(batch=2, seqlen=45, nheads=4, headdim=3, ngroups=2, dstate=5, seed=2)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)  # random cotangent
+    grads = []
+    for scan, kwargs in [(ssd_sequential, {}), (ssd_chunked, {"chunk_size": 16})]:
+        inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, h0)]
+        y, s = scan(*inputs[:5], D=inputs[5], initial_state=inputs[6], return_final_state=True, **kwargs)
+        ((y * w).sum() + s.sum()).backward()
+        grads.append([t.grad for t in inputs])
+    for name, g_ref, g in zip(["x", "dt", "A", "B", "C", "D", "initial_state"], *grads, strict=True):
+        assert rel_err(g, g_ref) <= 1e-10, name
+
+
+# ---------------------------------------------------------------------------------------------------
+# dispatcher
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_auto_on_cpu_is_reference():
+    assert select_backend("cpu") == "reference"
+    assert select_backend(torch.device("cpu"), "auto") == "reference"
+    assert select_backend("cpu", "reference") == "reference"
+    assert available_backends()[0] == "reference"
+    x, dt, A, B, C, D, _ = make_inputs(seqlen=20)
+    assert torch.equal(ssd_scan(x, dt, A, B, C, chunk_size=8, D=D), ssd_chunked(x, dt, A, B, C, chunk_size=8, D=D))
+
+
+@pytest.mark.parametrize("backend, package", [("mamba_ssm", "mamba-ssm"), ("fla", "fla-core")])
+def test_forcing_a_kernel_on_cpu_raises_helpfully(backend, package):
+    x, dt, A, B, C, D, _ = make_inputs(seqlen=5)
+    with pytest.raises(ValueError, match="needs CUDA") as info:
+        ssd_scan(x, dt, A, B, C, D=D, backend=backend)
+    assert package in str(info.value) and "pip install" in str(info.value)
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(ValueError, match="unknown SSD backend 'triton'.*reference"):
+        select_backend("cpu", "triton")
+
+
+def test_describe_backends_mentions_each():
+    text = describe_backends()
+    for name in ("reference", "mamba_ssm", "fla"):
+        assert name in text
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in text
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Pretend a CUDA device exists (only for the backend bookkeeping; no tensor goes to CUDA)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ssd._load_kernel.cache_clear()
+    yield
+    ssd._load_kernel.cache_clear()
+
+
+def _install_fake_package(tmp_path, monkeypatch, backend, source):
+    """Point `backend` at a throwaway package whose __init__.py is `source`."""
+    (tmp_path / f"fake_{backend}").mkdir()
+    (tmp_path / f"fake_{backend}" / "__init__.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, f"fake_{backend}", raising=False)   # an earlier test's fake
+    _, attr, _, hint = ssd._KERNELS[backend]
+    monkeypatch.setitem(ssd._KERNELS, backend, (f"fake_{backend}", attr, f"fake_{backend}", hint))
+
+
+def test_failed_import_is_remembered_with_its_reason(fake_cuda, tmp_path, monkeypatch):
+    _install_fake_package(tmp_path, monkeypatch, "fla", "COUNT = []\nraise ImportError('needs triton 9')\n")
+    fn, why = ssd._load_kernel("fla")
+    assert fn is None and "needs triton 9" in why
+    assert ssd._load_kernel("fla") == (None, why)            # answered from the cache, not imported again
+    assert ssd._load_kernel.cache_info().hits >= 1
+    with pytest.raises(ValueError, match="needs triton 9.*pip install fla-core"):
+        select_backend("cuda", "fla")
+    assert "needs triton 9" in describe_backends()
+
+
+def test_auto_prefers_mamba_then_fla_then_reference(fake_cuda, tmp_path, monkeypatch):
+    if importlib.util.find_spec("mamba_ssm") is None:
+        assert select_backend("cuda", "auto") in ("fla", "reference")
+    _install_fake_package(tmp_path, monkeypatch, "fla", "def chunk_simple_gla(**kw):\n    pass\n")
+    ssd._load_kernel.cache_clear()
+    assert "fla" in available_backends()
+    if importlib.util.find_spec("mamba_ssm") is None:
+        assert select_backend("cuda", "auto") == "fla"
+    assert select_backend("cpu", "auto") == "reference"      # CPU tensors never go to a kernel
+
+
+# A CPU stand-in for fla's chunk_simple_gla with its documented semantics (fla/ops/simple_gla/naive.py):
+#   S_t = exp(g_t) * S_{t-1} + k_t^T v_t   (state (K, V)),   o_t = scale * q_t S_t,   layout (B, T, H, K).
+FAKE_FLA = """
+import torch
+
+def chunk_simple_gla(q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, **kwargs):
+    b, T, h, K = q.shape
+    S = q.new_zeros(b, h, K, v.shape[-1])
+    out = []
+    for t in range(T):
+        S = torch.exp(g[:, t])[..., None, None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        out.append(scale * torch.einsum('bhk,bhkv->bhv', q[:, t], S))
+    return torch.stack(out, dim=1), None
+"""
+
+
+def test_fla_mapping_matches_reference(fake_cuda, tmp_path, monkeypatch):
+    """The SSD -> simple-GLA mapping (q=C, k=dt*B, v=x, g=dt*A, scale 1, groups repeated) is exact."""
+    _install_fake_package(tmp_path, monkeypatch, "fla", FAKE_FLA)
+    x, dt, A, B, C, D, _ = make_inputs(batch=2, seqlen=19, nheads=6, headdim=3, ngroups=2, dstate=4)
+    y = ssd._ssd_fla(x, dt, A, B, C, D)
+    assert rel_err(y, ssd_sequential(x, dt, A, B, C, D=D)) <= 1e-6     # g is handed to fla in float32
+
+
+def test_module_imports_without_kernels():
+    """Importing the reference path must not import triton, mamba_ssm or fla (a CPU-only install)."""
+    code = ("import sys, pixelvit.ops.ssd as s; s.describe_backends(); s.select_backend('cpu');"
+            "bad = [m for m in ('triton', 'mamba_ssm', 'fla') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: kernels against the reference (skipped without CUDA and the kernel)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _kernel_or_skip(backend):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if backend not in available_backends():
+        pytest.skip(describe_backends())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["mamba_ssm", "fla"])
+def test_kernel_matches_reference(backend, dtype):
+    _kernel_or_skip(backend)
+    x, dt, A, B, C, D, _ = make_inputs(batch=2, seqlen=300, nheads=8, headdim=64, ngroups=2, dstate=64,
+                                       dtype=torch.float32, device="cuda", dt_shift=-3.0)
+    x, B, C = (t.to(dtype) for t in (x, B, C))                 # A, D, dt stay float32, as in Mamba-2
+    y = ssd_scan(x, dt, A, B, C, chunk_size=64, D=D, backend=backend)
+    y_ref = ssd_chunked(*(t.float() for t in (x, dt, A, B, C)), chunk_size=64, D=D)
+    assert y.dtype == dtype and y.shape == x.shape
+    torch.testing.assert_close(y.float(), y_ref, rtol=1e-2, atol=3e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["mamba_ssm", "fla"])
+def test_kernel_gradients_match_reference(backend):
+    _kernel_or_skip(backend)
+    inputs = make_inputs(batch=1, seqlen=200, nheads=4, headdim=32, ngroups=1, dstate=32, dtype=torch.float32,
+                         device="cuda", dt_shift=-3.0)[:6]
+    w = torch.randn(1, 200, 4, 32, device="cuda")
+    grads = []
+    for name in (backend, "reference"):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        (ssd_scan(*leaves[:5], chunk_size=64, D=leaves[5], backend=name) * w).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for name, g, g_ref in zip(["x", "dt", "A", "B", "C", "D"], *grads, strict=True):
+        assert rel_err(g, g_ref) <= 1e-2, name
