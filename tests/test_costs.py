@@ -1,0 +1,98 @@
+"""pixelvit.costs against hand-computed values, the paper's Table 6, real parameter counts and
+torch's own FLOP counter on real forward passes."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from pixelvit import costs
+from pixelvit.models import create_model, get_config
+
+
+def test_vit_tiny_hand_computed():
+    # DeiT-Tiny: D=192, 12 blocks, MLP 768, 196 patches + 1 class token = 197 tokens
+    result = costs.estimate("vit_tiny", img_size=224, patch_size=16)
+    assert result["tokens"] == 197
+    assert result["params"] == 5_717_416  # timm's deit_tiny_patch16_224 has exactly this many
+    assert result["flops_breakdown"]["patch_embed"] == 2 * 196 * (3 * 16 * 16) * 192
+    assert result["flops_breakdown"]["linear layers"] == 12 * 2 * 197 * (4 * 192**2 + 2 * 192 * 768)
+    assert result["flops_breakdown"]["attention"] == 12 * 4 * 197**2 * 192
+    assert result["flops"] == 2_507_366_400
+
+
+def test_adventurer_tiny_hand_computed():
+    # D=256, inner 512, 8 heads of 64, d_state 64: in_proj 256 -> 2*512 + 2*64 + 8 = 1160
+    result = costs.estimate("adventurer_tiny", img_size=224, patch_size=16)
+    assert result["tokens"] == 196 + 2  # class token + the mean token of every block
+    per_layer = 512 + 256 * 1160 + (640 * 4 + 640) + 3 * 8 + 512 + 512 * 256 + 3 * 256 * 640 + 2 * 640 + 256
+    assert result["params_breakdown"]["layers"] == 12 * per_layer
+    assert result["params"] == (3 * 256 * 256 + 256) + (256 + 197 * 256) + 12 * per_layer + (256 + 256 * 1000 + 1000)
+    assert result["params"] == 11_608_840
+
+
+def test_patch_embedding_flops_do_not_depend_on_patch_size():
+    rows = costs.cost_table("vit_small", 224, [16, 8, 4, 2, 1])
+    assert len({row["flops_breakdown"]["patch_embed"] for row in rows}) == 1
+    assert [row["tokens"] for row in rows] == [197, 785, 3137, 12545, 50177]
+
+
+@pytest.mark.parametrize("patch_size, paper_mb", sorted(costs.PAPER_TABLE6_VIT_MEMORY_MB.items()))
+def test_vit_activation_memory_reproduces_paper_table6(patch_size, paper_mb):
+    estimate = costs.estimate("vit_base", img_size=224, patch_size=patch_size)["activation_mb"]
+    assert abs(estimate - paper_mb) / paper_mb < 0.05
+
+
+@pytest.mark.parametrize("name", ["vit_micro", "vit_tiny", "adventurer_micro", "adventurer_tiny"])
+@pytest.mark.parametrize("patch_size", [16, 4])
+def test_parameter_count_equals_the_real_model(name, patch_size):
+    with torch.device("meta"):
+        model = create_model(name, img_size=64, patch_size=patch_size, num_classes=10)
+    real = sum(p.numel() for p in model.parameters())
+    assert costs.estimate(model)["params"] == real
+
+
+def _counted_flops(model, img_size) -> int:
+    images = torch.randn(1, model.config.in_chans, img_size, img_size)
+    # the math backend runs attention as matrix products, which FlopCounterMode counts
+    # (it does not count the fused CPU kernel)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(images)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("patch_size", [16, 8, 4, 2, 1])
+def test_vit_flops_match_flop_counter(patch_size):
+    config = dataclasses.replace(get_config("vit_tiny"), img_size=32, patch_size=patch_size, depth=2,
+                                 embed_dim=64, num_heads=2, num_classes=10)
+    model = create_model("vit_tiny", **dataclasses.asdict(config))
+    counted = _counted_flops(model, 32)
+    assert costs.estimate(config)["flops"] == pytest.approx(counted, rel=0.05)
+
+
+@pytest.mark.parametrize("patch_size", [16, 8, 4, 2, 1])
+def test_adventurer_flops_match_flop_counter(patch_size):
+    config = dataclasses.replace(get_config("adventurer_tiny"), img_size=32, patch_size=patch_size, depth=2,
+                                 embed_dim=64, headdim=32, d_state=16, num_classes=10, chunk_size=64)
+    model = create_model("adventurer_tiny", **dataclasses.asdict(config))
+    counted = _counted_flops(model, 32)
+    assert costs.estimate(config)["flops"] == pytest.approx(counted, rel=0.05)
+
+
+def test_cli_prints_table_and_writes_plot(tmp_path, capsys):
+    assert costs.main(["--model", "vit_tiny", "--img-size", "224", "--patch-sizes", "16", "8", "4", "2", "1",
+                       "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "50,177" in printed and "GFLOPs" in printed
+    png = tmp_path / "costs_vit_tiny_224.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_lines = (tmp_path / "costs_vit_tiny_224.csv").read_text().splitlines()
+    assert len(csv_lines) == 6 and csv_lines[0].startswith("model,img_size,patch_size,tokens")
+
+
+def test_cli_rejects_a_patch_size_that_does_not_divide(capsys):
+    with pytest.raises(SystemExit):
+        costs.main(["--model", "vit_tiny", "--img-size", "224", "--patch-sizes", "16", "5"])
+    assert "not divisible by patch size 5" in capsys.readouterr().err
