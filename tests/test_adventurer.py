@@ -289,7 +289,7 @@ def test_flip_rules_give_the_documented_layers():
 def test_drop_path_schedule_is_the_official_one():
     model = tiny_adventurer(depth=5, drop_path_rate=0.4)
     official = [0.0] + torch.linspace(0, 0.4, 5).tolist()  # models_mamba.py: dpr[i] for layer i
-    assert [layer.drop_path.drop_rate for layer in model.layers] == official[:5]
+    assert [layer.drop_path.drop_prob for layer in model.layers] == official[:5]
 
 
 def test_official_init():

@@ -26,14 +26,15 @@ One Block (residual stream x: (B, N+1, D), patch tokens then class token):
 Which layers flip (`flip_rule`) - read this before training or loading weights:
     The released code (wangf3014/Adventurer and wangf3014/Patch_Scaling, `models_mamba.py`) flips in
     the layers with `n // 2 == 1`, i.e. only layers 2 and 3 (counting from 0). The paper describes
-    flipping the token order every two layers, and the author has called the released expression a bug;
-    but the released checkpoints were trained with it, and a checkpoint does not record the rule.
+    flipping the token order every two layers, and the author has called the released expression a bug.
+    The released checkpoints were most likely trained with the released code, but a checkpoint does not
+    record the rule, so this is not settled: `pixelvit.checkpoints.detect_flip_rule` measures it.
     pixelvit offers three rules (see `flipped_layers`):
-        "released"  (default)  n // 2 == 1          -> [2, 3]                    matches the checkpoints
+        "released"  (default)  n // 2 == 1          -> [2, 3]                    the released code
         "every_two"            (n // 2) % 2 == 1    -> [2, 3, 6, 7, 10, 11, ...] what the paper describes
         "alternate"            n % 2 == 1           -> [1, 3, 5, ...]
-    Use "released" to reproduce or fine-tune the official weights; the others only for training from
-    scratch. The parameters are identical under all three rules: only the forward differs.
+    Use "released" for the official weights unless detect_flip_rule says otherwise; any rule for
+    training from scratch. The parameters are identical under all three rules: only the forward differs.
 
 Parameter names and shapes match the official model exactly (tests/test_adventurer.py lists all 199
 keys of adventurer_tiny_patch1), so its state_dict loads with strict=True.

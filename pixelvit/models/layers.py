@@ -1,13 +1,15 @@
-"""The two pieces ViT and Adventurer share: cutting an image into patch tokens, and stochastic depth.
+"""The pieces ViT and Adventurer share: cutting an image into patch tokens, and stochastic depth.
 
-Both models name these `patch_embed.proj` and (for stochastic depth) keep no parameters, exactly as timm
-and the official Adventurer code do, so checkpoints from either load without renaming.
+Both models name the patch projection `patch_embed.proj`, exactly as timm and the official Adventurer code
+do, so checkpoints from either load without renaming. Stochastic depth is timm's `DropPath` (parameter-free:
+per sample, drop a residual branch with probability p and scale the kept ones by 1 / (1 - p)).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import DropPath  # noqa: F401  (re-exported for both models)
 
 from pixelvit.patching import as_hw, check_divisible
 
@@ -38,26 +40,3 @@ class PatchEmbed(nn.Module):
             )
         tokens = self.proj(images)  # (B, D, H/p, W/p)
         return tokens.flatten(2).transpose(1, 2)  # (B, N, D), patches in row-major (raster) order
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, drop a residual branch for a random subset of samples.
-
-    Each sample's branch is kept with probability 1 - drop_rate and scaled by 1 / (1 - drop_rate),
-    so its expected value is unchanged; at evaluation it is the identity.
-    """
-
-    def __init__(self, drop_rate: float = 0.0):
-        super().__init__()
-        self.drop_rate = drop_rate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_rate == 0.0 or not self.training:
-            return x
-        keep_prob = 1.0 - self.drop_rate
-        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # one coin per sample: (B, 1, 1)
-        keep = x.new_empty(mask_shape).bernoulli_(keep_prob)
-        return x * keep / keep_prob
-
-    def extra_repr(self) -> str:
-        return f"drop_rate={self.drop_rate}"
