@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) benchmarks/bench_ssd.py
+	$(PY) -m benchmarks
 
 lint: setup
 	$(VENV)/bin/ruff check pixelvit tests benchmarks

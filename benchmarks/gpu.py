@@ -1,0 +1,309 @@
+"""4. GPU: how close the training step gets to the GPU's matmul peak, and Adventurer at 50,178 tokens.
+
+Runs only when torch.cuda.is_available(); on a CPU machine the section is recorded as skipped.
+
+* bf16 matmul peak: the median TFLOP/s of a large torch.matmul (the practical ceiling, not the datasheet).
+* ViT-B at 64x64, patch 1 (4,097 tokens): a bf16-autocast training step (AdamW) with SDPA attention;
+  achieved TFLOP/s = 3 x forward FLOPs (pixelvit.costs.estimate, FlopCounterMode's counting) x batch /
+  step time, as a fraction of the measured matmul peak.
+* Adventurer-Tiny and -Base at 224, patch 1 (50,176 patches + class token + average token = 50,178
+  through the mixer): training images/s and peak memory per image with the reference chunked scan, the
+  same under torch.compile (each block compiled), and mamba-ssm's Triton kernel if it imports. Each
+  variant is first checked against the reference: relative error ||a - b|| / ||b|| of the logits and of
+  the patch-embedding gradient, same weights, same images. Memory per image is set beside the paper's
+  Table 6 (ViT at 224: 16,118 MB per image at patch 1) and pixelvit.costs' estimate.
+Timing: torch.cuda.Event around each step, warm-up steps first, medians. Batch: the largest of the
+candidates whose step fits in memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.machine import median
+
+DEVICE = "cuda"  # a module constant only so that the code path can be smoke-tested on CPU with stubs
+SKIPPED = {
+    "skipped": "no GPU in this session (torch.cuda.is_available() is False); GPU part left for a GPU session"
+}
+
+
+def cuda_time(fn) -> float:
+    """Seconds of GPU time for fn(), measured with CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def matmul_peak_tflops(sizes=(8192, 16384), repeats: int = 10, dtype=torch.bfloat16) -> dict:
+    best = {}
+    for n in sizes:
+        a = torch.randn(n, n, device=DEVICE, dtype=dtype)
+        b = torch.randn(n, n, device=DEVICE, dtype=dtype)
+        for _ in range(3):
+            torch.matmul(a, b)
+        times = [cuda_time(lambda a=a, b=b: torch.matmul(a, b)) for _ in range(repeats)]
+        best[n] = 2 * n**3 / median(times) / 1e12
+        del a, b
+    return {
+        "tflops": max(best.values()),
+        "by_size": {str(n): t for n, t in best.items()},
+        "dtype": str(dtype),
+    }
+
+
+def _free():
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+class Trainer:
+    """One bf16-autocast training step (forward, cross-entropy, backward, AdamW) of `model` on fixed data."""
+
+    def __init__(self, model, batch_size: int, img_size: int, num_classes: int):
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        self.images = torch.randn(batch_size, 3, img_size, img_size, device=DEVICE, generator=g)
+        self.labels = torch.randint(0, num_classes, (batch_size,), device=DEVICE, generator=g)
+
+    def step(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            loss = F.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        self.optimizer.step()
+
+
+def logits_and_grad(model, images, labels):
+    """Logits and the patch-embedding weight gradient of one bf16-autocast forward+backward (float32 copies)."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    grad = model.patch_embed.proj.weight.grad.float().clone()
+    model.zero_grad(set_to_none=True)
+    return logits.detach().float(), grad
+
+
+def rel_err(a, b) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def time_training(build, img_size: int, num_classes: int, batch_sizes, repeats: int, warmup: int) -> dict:
+    """Largest batch that fits, then images/s and peak memory per image of the training step."""
+    last_error = None
+    for batch_size in batch_sizes:
+        _free()
+        try:
+            model = build()
+            trainer = Trainer(model, batch_size, img_size, num_classes)
+            t0 = time.perf_counter()
+            trainer.step()  # first step: allocates optimizer state (and compiles, if compiled)
+            torch.cuda.synchronize()
+            first_step_s = time.perf_counter() - t0
+            for _ in range(warmup):
+                trainer.step()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()  # parameters, gradients, optimizer state, data
+            torch.cuda.reset_peak_memory_stats()
+            times = [cuda_time(trainer.step) for _ in range(repeats)]
+            peak = torch.cuda.max_memory_allocated() - base
+        except Exception as error:  # noqa: BLE001 - OOM is expected for large batches; others recorded
+            if not _is_oom(error):
+                raise
+            last_error = str(error).splitlines()[0]  # a string: the traceback would keep the tensors alive
+            model = trainer = None
+            continue
+        step_s = median(times)
+        result = {
+            "batch_size": batch_size,
+            "step_s": step_s,
+            "step_all_s": [round(t, 5) for t in times],
+            "first_step_s": first_step_s,
+            "images_per_s": batch_size / step_s,
+            "peak_activation_mb_per_image": peak / 2**20 / batch_size,
+            "static_mb": base / 2**20,
+        }
+        del model, trainer
+        _free()
+        return result
+    raise RuntimeError(f"no batch size in {list(batch_sizes)} fits: {last_error}")
+
+
+def vit_mfu(
+    name: str, img_size: int, patch_size: int, batch_sizes, repeats: int, warmup: int, peak_tflops: float
+) -> dict:
+    from pixelvit.costs import estimate
+    from pixelvit.models import create_model
+
+    def build():
+        torch.manual_seed(0)
+        return (
+            create_model(name, img_size=img_size, patch_size=patch_size, num_classes=1000).to(DEVICE).train()
+        )
+
+    # correctness first: bf16 autocast against float32, same weights (SDPA picks a fused kernel in bf16)
+    model = build()
+    images = torch.randn(2, 3, img_size, img_size, device=DEVICE)
+    labels = torch.randint(0, 1000, (2,), device=DEVICE)
+    with torch.no_grad():
+        fp32 = model(images)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            bf16 = model(images).float()
+    check = {"logits_rel_err_bf16_vs_fp32": rel_err(bf16, fp32)}
+    del model, images, labels
+    _free()
+
+    timing = time_training(build, img_size, 1000, batch_sizes, repeats, warmup)
+    est = estimate(name, img_size=img_size, patch_size=patch_size)
+    step_flops = 3 * est["flops"] * timing["batch_size"]  # backward = 2x forward
+    achieved = step_flops / timing["step_s"] / 1e12
+    return {
+        "model": name,
+        "img_size": img_size,
+        "patch_size": patch_size,
+        "tokens": est["tokens"],
+        "check": check,
+        **timing,
+        "train_flops_per_image": 3 * est["flops"],
+        "achieved_tflops": achieved,
+        "fraction_of_matmul_peak": achieved / peak_tflops,
+    }
+
+
+def adventurer_variants(
+    name: str, img_size: int, patch_size: int, variants, batch_sizes, repeats: int, warmup: int
+) -> dict:
+    from pixelvit.costs import PAPER_TABLE6_VIT_MEMORY_MB, estimate
+    from pixelvit.models import create_model
+    from pixelvit.ops.ssd import describe_backends, select_backend
+
+    def builder(variant):
+        backend = "mamba_ssm" if variant == "mamba_ssm" else "reference"
+
+        def build():
+            torch.manual_seed(0)
+            model = create_model(
+                name, img_size=img_size, patch_size=patch_size, num_classes=1000, scan_backend=backend
+            )
+            model = model.to(DEVICE).train()
+            if variant == "compiled":
+                for layer in model.layers:
+                    layer.compile()  # one graph per block kind (flipped or not), reused across layers
+            return model
+
+        return build
+
+    results = {
+        "model": name,
+        "img_size": img_size,
+        "patch_size": patch_size,
+        "backends": describe_backends(),
+        "variants": {},
+    }
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    images = torch.randn(1, 3, img_size, img_size, device=DEVICE, generator=g)
+    labels = torch.randint(0, 1000, (1,), device=DEVICE, generator=g)
+    reference = None
+    for variant in variants:
+        if variant == "mamba_ssm":
+            try:
+                select_backend(DEVICE, "mamba_ssm")
+            except ValueError as error:
+                results["variants"][variant] = {"skipped": str(error)}
+                continue
+        _free()
+        try:
+            model = builder(variant)()
+            out = logits_and_grad(model, images, labels)
+            del model
+            if reference is None:
+                reference = out
+                check = {"is_reference": True}
+            else:
+                check = {
+                    "logits_rel_err": rel_err(out[0], reference[0]),
+                    "grad_rel_err": rel_err(out[1], reference[1]),
+                }
+            timing = time_training(builder(variant), img_size, 1000, batch_sizes, repeats, warmup)
+            results["variants"][variant] = {"check": check, **timing}
+        except Exception as error:  # noqa: BLE001 - one variant failing must not lose the others
+            results["variants"][variant] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+        _free()
+    est = estimate(name, img_size=img_size, patch_size=patch_size)
+    results["tokens_through_mixer"] = est["tokens"]
+    results["estimated_activation_mb_per_image_bf16"] = est["activation_mb"]
+    if patch_size in PAPER_TABLE6_VIT_MEMORY_MB and img_size == 224:
+        paper = PAPER_TABLE6_VIT_MEMORY_MB[patch_size]
+        results["paper_table6_vit_mb_per_image"] = paper
+        for v in results["variants"].values():
+            if "peak_activation_mb_per_image" in v:
+                v["memory_vs_paper_table6_vit"] = v["peak_activation_mb_per_image"] / paper
+    return results
+
+
+def run(
+    vit: dict,
+    adventurers: list[str],
+    adventurer_img: int,
+    adventurer_patch: int,
+    variants,
+    batch_sizes,
+    repeats: int,
+    warmup: int,
+    log=print,
+) -> dict:
+    if not torch.cuda.is_available():
+        return dict(SKIPPED)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    peak = matmul_peak_tflops()
+    log(f"  bf16 matmul peak: {peak['tflops']:.0f} TFLOP/s")
+    result = {
+        "device": torch.cuda.get_device_name(0),
+        "matmul_peak": peak,
+        "repeats": repeats,
+        "warmup": warmup,
+    }
+    try:
+        result["vit"] = vit_mfu(
+            vit["name"],
+            vit["img_size"],
+            vit["patch_size"],
+            vit["batch_sizes"],
+            repeats,
+            warmup,
+            peak["tflops"],
+        )
+        log(
+            f"  {vit['name']} {vit['img_size']}px patch {vit['patch_size']}: {result['vit']['images_per_s']:.1f} img/s, "
+            f"{result['vit']['fraction_of_matmul_peak']:.0%} of the matmul peak"
+        )
+    except Exception as error:  # noqa: BLE001
+        result["vit"] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+    result["adventurer"] = []
+    for name in adventurers:
+        r = adventurer_variants(
+            name, adventurer_img, adventurer_patch, variants, batch_sizes, repeats, warmup
+        )
+        result["adventurer"].append(r)
+        for variant, v in r["variants"].items():
+            summary = (
+                f"{v['images_per_s']:.2f} img/s, {v['peak_activation_mb_per_image']:.0f} MB/img"
+                if "images_per_s" in v
+                else v.get("error") or v.get("skipped")
+            )
+            log(f"  {name} {variant}: {summary}")
+    return result

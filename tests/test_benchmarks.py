@@ -1,0 +1,135 @@
+"""The benchmark suite runs end to end and writes well-formed results. Nothing here is timed: no speed
+assertions (the machine may be shared); only that every section ran and reported sane numbers."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.cost_growth import crossover
+
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ["vit_vs_timm", "scan", "cost_growth", "gpu"]
+
+
+def run_suite(tmp_path, *args, timeout):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args, "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def positive(x):
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def check_results(out: Path, flag: str):
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"].startswith("python -m benchmarks") and flag in results["command"]
+    machine = results["machine"]
+    for key in (
+        "cpu_model",
+        "cpu_count",
+        "torch",
+        "timm",
+        "torch_num_threads",
+        "OMP_WAIT_POLICY",
+        "gpu",
+        "load_average_1_5_15",
+    ):
+        assert key in machine, key
+    assert machine["OMP_WAIT_POLICY"] == "PASSIVE" and machine["torch_num_threads"] == 2
+    assert positive(results["total_runtime_s"])
+    sections = results["sections"]
+    assert list(sections) == SECTIONS
+    for name, section in sections.items():
+        assert "error" not in section, (name, section.get("error"))
+
+    vit = sections["vit_vs_timm"]
+    assert vit["rows"]
+    for row in vit["rows"]:
+        assert positive(row["pixelvit_images_per_s"]) and positive(row["timm_images_per_s"])
+        assert positive(row["speed_ratio_pixelvit_over_timm"])
+        assert row["max_logit_diff_before_training"] < 1e-4  # same weights -> same model
+        assert positive(row["cpu_time_ratio_pixelvit_over_timm"])
+        # the two ViTs run the same aten ops, except that pixelvit normalizes only the class token
+        pixelvit_extra, timm_extra = row["extra_input_elements_pixelvit_timm"]
+        assert pixelvit_extra <= timm_extra, row["aten_op_differences"]
+    assert isinstance(vit["target_met"], bool) and vit["verdict"]
+
+    scan = sections["scan"]
+    lengths = [r["length"] for r in scan["rows"]]
+    assert lengths == sorted(lengths) and len(lengths) >= 2
+    for row in scan["rows"]:
+        for name in ("chunked", "sequential"):
+            assert positive(row[name]["fwd_bwd_ms"]) and positive(row[name]["saved_mb"])
+            if sys.platform == "linux":
+                assert positive(row[name]["peak_mb"])
+        assert positive(row["speedup_fwd_bwd"])
+    assert any(row["sequential"]["extrapolated"] for row in scan["rows"]) or flag == "--quick"
+    # the chunked scan saves the same bytes per token at every length: linear memory (exact count)
+    assert scan["chunked_saved_bytes_per_token_max_over_min"] < 1.2
+
+    growth = sections["cost_growth"]
+    for point in growth["points"]:
+        assert point["tokens"] > 1
+        for arch in ("vit", "adventurer"):
+            assert positive(point[arch]["fwd_bwd_ms_per_image"]) and positive(
+                point[arch]["saved_mb_per_image"]
+            )
+    assert set(growth["crossover"]["all"]) == {"time", "peak_memory", "saved_memory"}
+    small = json.loads((out / "cost_growth.json").read_text())
+    assert len(small["points"]) == len(growth["points"]) and "crossover" in small
+
+    if torch.cuda.is_available():
+        assert positive(sections["gpu"]["matmul_peak"]["tflops"])
+    else:
+        skipped = sections["gpu"]["skipped"]
+        assert "no GPU in this session" in skipped and "GPU part left for a GPU session" in skipped
+
+    markdown = (out / "results.md").read_text()
+    assert results["command"] in markdown and machine["cpu_model"] in markdown
+    for header in ("| model | patch | tokens |", "| length | chunked ms |", "| image | patch | tokens |"):
+        assert header in markdown
+    assert "## 4. GPU" in markdown
+
+
+def test_tiny_run_writes_every_section(tmp_path):
+    run_suite(tmp_path, "--tiny", timeout=300)
+    check_results(tmp_path, "--tiny")
+
+
+def test_only_runs_the_named_sections(tmp_path):
+    run_suite(tmp_path, "--tiny", "--only", "gpu", timeout=120)
+    sections = json.loads((tmp_path / "results.json").read_text())["sections"]
+    assert all("not_selected" in sections[name] for name in ("vit_vs_timm", "scan", "cost_growth"))
+    assert not (tmp_path / "cost_growth.json").exists()
+
+
+@pytest.mark.slow
+def test_quick_run(tmp_path):
+    """The real --quick profile (about 1.5 min on 2 CPU cores)."""
+    run_suite(tmp_path, "--quick", timeout=600)
+    check_results(tmp_path, "--quick")
+
+
+def test_crossover_is_taken_after_the_last_point_where_vit_wins():
+    # a noisy early point above 1 does not count; the crossover is interpolated in log-log
+    result = crossover([16, 64, 256, 1024, 4096], [0.5, 1.2, 0.6, 0.8, 2.0])
+    assert result["between"] == [1024, 4096] and result["earlier_points_above_1"] == [64]
+    expected = math.exp(math.log(1024) + math.log(1 / 0.8) / math.log(2.0 / 0.8) * math.log(4))
+    assert result["tokens"] == round(expected)
+    assert crossover([16, 64], [0.5, 0.9])["tokens"] is None
+    assert crossover([16, 64], [1.5, 2.0])["tokens"] is None
