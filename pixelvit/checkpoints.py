@@ -1,0 +1,625 @@
+"""Load pretrained weights into pixelvit models, from wherever they are, without running code from the file.
+
+    model = pixelvit.load_pretrained("adventurer_tiny_patch1_64")   # released checkpoint (Hugging Face hub)
+    model = pixelvit.load_pretrained("downloads/adventurer_tiny_patch1_64.pth")  # the same file, local
+    model = pixelvit.load_pretrained("runs/vit_tiny_p4")            # a directory from pixelvit.io.save_model
+    model = pixelvit.load_pretrained("https://example.org/ckpt.pth", sha256="...")
+    model = pixelvit.load_pretrained("deit_tiny_patch16_224")       # timm ViT/DeiT weights -> pixelvit ViT
+
+Five steps, one function each, in the order `load_pretrained` runs them:
+
+1. find the file        `checkpoint_file`: catalog name -> hub cache, URL -> pixelvit cache, path -> itself;
+                        every download is checked against a sha256 (a mismatch deletes the file and raises)
+2. read it safely       `read_checkpoint`: safetensors, or torch.load(weights_only=True) with an explicit
+                        allowlist; anything else in the pickle is refused unless allow_unsafe_pickle=True
+3. pick the weights     `pick_state_dict`: 'model' (or 'model_ema'), wrapper prefixes 'module.' / '_orig_mod.'
+                        stripped
+4. build the model      from the catalog entry, the directory's config.json, or what the tensors' shapes say
+5. check and load       `compare_state_dict`: every missing, unexpected and mis-shaped key by name, in one error
+
+The model comes back in eval mode with `model.pretrained_cfg` (input size, crop, mean/std: what timm's
+`resolve_data_config` reads) and `model.load_report` (what was transformed on the way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import pickle
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from pixelvit.catalog import CATALOG, Checkpoint
+from pixelvit.io import CONFIG_NAME, WEIGHTS_NAME, DownloadError, download_url, read_model_files, sha256_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / ModelEmaV2, torch.compile
+STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")  # where training scripts put the weights
+EMA_KEYS = ("model_ema", "state_dict_ema")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, read, or matched to a model; the message says what to do."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The pickle needs objects outside the allowlist: loading it would run code from the file."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's tensors do not fit the model: keys missing, unexpected, or of another shape."""
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Find the file
+# ---------------------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """Where URL downloads go: $PIXELVIT_CACHE, else ~/.cache/pixelvit (hub files stay in the hub cache)."""
+    return Path(os.environ.get("PIXELVIT_CACHE", Path.home() / ".cache" / "pixelvit")) / "checkpoints"
+
+
+def _is_url(text: str) -> bool:
+    return urlparse(str(text)).scheme in ("http", "https")
+
+
+def _check_sha256(path: Path, expected: str, delete: list[Path], what: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        for p in delete:
+            p.unlink(missing_ok=True)
+        raise DownloadError(
+            f"sha256 mismatch for {what}: expected {expected}, got {actual}. The file was deleted; "
+            "run again to download a fresh copy."
+        )
+
+
+def _hub_lfs_sha256(entry: Checkpoint) -> str | None:
+    """The sha256 the hub stores for an LFS file (None when offline or unreachable)."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.is_offline_mode():
+        return None
+    try:
+        (info,) = HfApi().get_paths_info(entry.repo_id, [entry.filename])
+    except Exception:  # network trouble: fall back to the hash in the cache's blob name
+        return None
+    return info.lfs.sha256 if getattr(info, "lfs", None) is not None else None
+
+
+def download_checkpoint(name: str, cache_dir=None) -> Path:
+    """Path to a released checkpoint in the Hugging Face cache, downloading it (resumably) if needed.
+
+    Uses `hf_hub_download`, so HF_HUB_OFFLINE, HF_HUB_CACHE and HF_ENDPOINT work as for any hub file.
+    The file is then checked against a sha256: the catalog's if known, else the one the hub reports for
+    the LFS file (offline: the blob's name in the cache, which the hub set to that same sha256).
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    entry = CATALOG[name]
+    try:
+        path = Path(hf_hub_download(entry.repo_id, entry.filename, cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+        offline = constants.is_offline_mode()
+        raise CheckpointError(
+            f"{name} is not in the Hugging Face cache and cannot be downloaded now"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}. On a machine with internet run\n"
+            f"    hf download {entry.repo_id} {entry.filename}\n"
+            f"(that fills the cache; copy ~/.cache/huggingface/hub along), or download {entry.url}\n"
+            f"and pass the local path: pixelvit.load_pretrained('/path/to/{entry.filename}')."
+        ) from error
+    except (HfHubHTTPError, OSError) as error:
+        raise CheckpointError(
+            f"could not download {entry.url}: {type(error).__name__}: {error}\nRun again (nothing partial "
+            f"is kept under the final name), or download the file yourself and pass its local path."
+        ) from error
+
+    blob = Path(os.path.realpath(path))
+    expected = entry.sha256 or _hub_lfs_sha256(entry)
+    if expected is None and re.fullmatch(r"[0-9a-f]{64}", blob.name):
+        expected = blob.name  # LFS blobs are stored under their sha256
+    if expected is not None:
+        _check_sha256(blob, expected, delete=[blob, path], what=f"{entry.repo_id}/{entry.filename}")
+    return path
+
+
+def checkpoint_file(name_or_path, sha256: str | None = None, cache_dir=None) -> tuple[Path, Checkpoint | None]:
+    """Resolve a catalog name, URL or local path to a local file or directory (+ its catalog entry)."""
+    text = str(name_or_path)
+    if name_or_path is not None and Path(text).expanduser().exists():
+        path = Path(text).expanduser()
+        if sha256 is not None and path.is_file():
+            _check_sha256(path, sha256, delete=[], what=str(path))
+        return path, None
+    if text in CATALOG:
+        return download_checkpoint(text, cache_dir=cache_dir), CATALOG[text]
+    if _is_url(text):
+        entry = next((e for e in CATALOG.values() if e.url == text), None)
+        sha256 = sha256 or (entry.sha256 if entry else None)
+        url_hash = hashlib.sha256(text.encode()).hexdigest()[:12]  # two URLs, same file name: two files
+        dest = Path(cache_dir or default_cache_dir()) / url_hash / Path(urlparse(text).path).name
+        return download_url(text, dest, sha256=sha256), entry
+    from pixelvit.models import MODELS
+
+    hint = ""
+    if text in MODELS:
+        hint = (f" ({text!r} names an architecture: create_model({text!r}) builds it with random weights; "
+                f"its released weights: {', '.join(n for n in CATALOG if n.startswith(text)) or 'none'})")
+    raise CheckpointError(
+        f"{text!r} is neither a file or directory, a URL, a released checkpoint ({', '.join(CATALOG)}), "
+        f"nor a timm ViT/DeiT model name{hint}."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Read it safely
+# ---------------------------------------------------------------------------------------------
+def _numpy_safe_globals() -> list:
+    """numpy scalars and dtypes: DeiT-style scripts sometimes store e.g. a best accuracy as np.float64.
+    They carry numbers, not code."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)]
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def safe_globals() -> list:
+    """What the official checkpoints contain besides tensors, dicts, lists and numbers: the training
+    script's argparse.Namespace (Adventurer/DeiT `main.py` saves 'args': args), plus numpy scalars."""
+    return [argparse.Namespace, *_numpy_safe_globals()]
+
+
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The classes and functions a plain pickle file would import, read with pickletools (which parses
+    opcodes and runs nothing); None if the file is not a pickle. Scans the first few pickles, as
+    torch's legacy format writes several in a row."""
+    import pickletools
+
+    names, strings = [], []
+    with open(path, "rb") as handle:
+        for count in range(4):
+            try:
+                for opcode, arg, _ in pickletools.genops(handle):
+                    if opcode.name == "GLOBAL":
+                        names.append(arg.replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(".".join(strings[-2:]))
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:
+                return names if count else None
+    return names
+
+
+def _unsafe_globals(path: Path) -> list[str] | None:
+    """What the file needs beyond the allowlist (None: not a pickle at all)."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in safe_globals()}
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # zip checkpoints
+    except Exception:
+        names = _pickle_globals(path)  # legacy torch.save / plain pickle
+    if names is None:
+        return None
+    return sorted({name for name in names if name not in allowed and not name.startswith("torch.")})
+
+
+def read_checkpoint(path, allow_unsafe_pickle: bool = False):
+    """Read a .safetensors or torch.save file into Python objects, running no code from the file.
+
+    torch.load(weights_only=True) rebuilds only tensors, containers and numbers, plus the classes in
+    `safe_globals()`. A pickle that needs anything else is refused (UnsafeCheckpointError) unless
+    allow_unsafe_pickle=True, which runs the full pickle machinery: only for files you trust.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        if allow_unsafe_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # we explain failures ourselves
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        needed = _unsafe_globals(path) if "weights only load failed" in str(error).lower() else None
+        if needed is None:
+            raise _not_a_checkpoint(path, size, error) from None
+        what = f"it needs {', '.join(needed)}" if needed else "it uses pickle features the safe loader does not read"
+        raise UnsafeCheckpointError(
+            f"refused to unpickle {path}: {what}, beyond pixelvit's allowlist (tensors, containers, numbers, "
+            "argparse.Namespace, numpy scalars). Unpickling that can run arbitrary code. If you trust where "
+            "the file came from, pass allow_unsafe_pickle=True (pixelvit.load_pretrained(path, "
+            "allow_unsafe_pickle=True); `pixelvit predict --allow-unsafe-pickle`)."
+        ) from None
+    except Exception as error:
+        raise _not_a_checkpoint(path, size, error) from None
+
+
+def _not_a_checkpoint(path: Path, size: int, error: Exception) -> CheckpointError:
+    reason = str(error).split(". ")[0][:200]
+    return CheckpointError(
+        f"{path} ({size:,} bytes) is not a readable checkpoint: {type(error).__name__}: {reason}. "
+        "A truncated download looks like this: delete the file and download it again."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Pick the weights
+# ---------------------------------------------------------------------------------------------
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def pick_state_dict(checkpoint, model_ema: bool = False) -> tuple[dict, str | None, list[str]]:
+    """(state_dict, the top-level key it came from, [notes on renamed keys]).
+
+    Training checkpoints hold much besides the weights (optimizer, lr_scheduler, epoch, scaler, args);
+    the weights are under 'model', the exponential moving average under 'model_ema'.
+    """
+    if model_ema:
+        key = next((k for k in EMA_KEYS if isinstance(checkpoint, dict) and k in checkpoint), None)
+        if key is None or not _is_state_dict(checkpoint[key]):
+            found = "" if not isinstance(checkpoint, dict) else f" (top-level keys: {', '.join(map(str, checkpoint))})"
+            raise CheckpointError(f"model_ema=True, but the checkpoint holds no EMA weights{found}")
+    elif _is_state_dict(checkpoint):
+        key = None
+    else:
+        key = next((k for k in STATE_DICT_KEYS if isinstance(checkpoint, dict) and _is_state_dict(checkpoint.get(k))), None)
+        if key is None:
+            found = f"top-level keys: {', '.join(map(str, checkpoint))}" if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise CheckpointError(f"found no weights in the checkpoint ({found}); expected one of {STATE_DICT_KEYS}")
+    state = checkpoint if key is None else checkpoint[key]
+    state, notes = strip_prefixes(state)
+    return state, key, notes
+
+
+def strip_prefixes(state: dict, prefixes=WRAPPER_PREFIXES) -> tuple[dict, list[str]]:
+    """Remove wrapper prefixes that every key carries (e.g. 'module.' from DistributedDataParallel)."""
+    notes = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                notes.append(f"stripped {prefix!r} from all {len(state)} keys")
+                changed = True
+    return state, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Build the model the weights belong to
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class StateDictShape:
+    """What a state dict's shapes say about its model. `config` holds every config field the shapes
+    determine; the rest (ViT's num_heads, Adventurer's ngroups, flip_rule, ...) they cannot show."""
+
+    arch: str
+    num_classes: int
+    config: dict
+
+
+def describe_state_dict(state: dict) -> StateDictShape:
+    if any(k.startswith("layers.") for k in state):
+        arch, prefix = "adventurer", "layers."
+    elif any(k.startswith("blocks.") for k in state):
+        arch, prefix = "vit", "blocks."
+    else:
+        raise CheckpointError(
+            "cannot tell the architecture: no 'blocks.N' (ViT) or 'layers.N' (Adventurer) keys; "
+            f"first keys: {', '.join(list(state)[:8])}"
+        )
+    for key in ("patch_embed.proj.weight", "pos_embed"):
+        if key not in state:
+            raise CheckpointError(f"the checkpoint has no {key!r}: not a ViT / Adventurer state dict")
+    embed_dim, in_chans, patch_size, _ = state["patch_embed.proj.weight"].shape  # (D, C, p, p)
+    n_patches = state["pos_embed"].shape[1] - 1  # (1, N + 1, D): one class token
+    side = math.isqrt(n_patches)
+    if side * side != n_patches:
+        raise CheckpointError(f"pos_embed has {n_patches} patch positions, not a square grid: pass img_size")
+    config = dict(
+        img_size=side * patch_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+        depth=1 + max(int(k.split(".")[1]) for k in state if k.startswith(prefix)),
+    )
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    try:
+        if arch == "vit":
+            config["mlp_ratio"] = shapes["blocks.0.mlp.fc1.weight"][0] / embed_dim  # (hidden, D)
+            config["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
+        else:
+            d_inner = shapes["layers.0.mixer.out_proj.weight"][1]  # (D, d_inner)
+            nheads = shapes["layers.0.mixer.A_log"][0]  # (nheads,)
+            d_xBC, _, d_conv = shapes["layers.0.mixer.conv1d.weight"]  # (d_inner + 2 * d_state, 1, d_conv)
+            config.update(
+                mlp_ratio=shapes["layers.0.mlp.w1.weight"][0] / embed_dim,  # (hidden, D)
+                expand=d_inner // embed_dim, headdim=d_inner // nheads,
+                d_state=(d_xBC - d_inner) // 2, d_conv=d_conv,  # assumes ngroups = 1, as all released models
+            )
+    except KeyError as error:
+        raise CheckpointError(f"the checkpoint lacks {error.args[0]!r}: not a pixelvit-compatible {arch}") from None
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    return StateDictShape(arch, num_classes, config)
+
+
+def _model_name_and_overrides(shape: StateDictShape, hint: str | None = None) -> tuple[str, dict]:
+    """A registered model of this arch, width and depth (the training script's name first), with every
+    field the shapes determine. ViT's head count is invisible in the shapes: a registered model's, else
+    64-dim heads, as all paper sizes use (pass num_heads=... otherwise)."""
+    from pixelvit.models import get_config, list_models
+
+    arch, config = shape.arch, dict(shape.config)
+    names = list_models(f"{arch}_*")
+    for name in ([hint] if hint in names else []) + names:
+        registered = get_config(name)
+        if (registered.embed_dim, registered.depth) == (config["embed_dim"], config["depth"]):
+            return name, config
+    if arch == "vit":
+        config["num_heads"] = max(1, config["embed_dim"] // 64)
+    return f"{arch}_tiny", config
+
+
+def _vit_overrides_from_timm(timm_model) -> dict:
+    """pixelvit ViTConfig fields for a timm VisionTransformer; refuse variants pixelvit's ViT lacks."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    m = timm_model
+    block = m.blocks[0]
+    problems = []
+    if not isinstance(m, TimmViT) or type(m) is not TimmViT:
+        problems.append(f"it is a {type(m).__name__}, not a plain VisionTransformer")
+    else:
+        if m.num_prefix_tokens != 1 or not m.has_class_token or getattr(m, "no_embed_class", False):
+            problems.append("it has register/distillation tokens or no class token in pos_embed")
+        if m.global_pool != "token":
+            problems.append(f"it pools with {m.global_pool!r}, not the class token")
+        for name in ("norm_pre", "fc_norm"):
+            if not isinstance(getattr(m, name), torch.nn.Identity):
+                problems.append(f"it has a {name}")
+        if not isinstance(block.ls1, torch.nn.Identity):
+            problems.append("it uses layer scale")
+        if block.norm1.eps != 1e-6 or not isinstance(block.mlp.act, torch.nn.GELU):
+            problems.append("its LayerNorm eps or MLP activation differ")
+    if problems:
+        raise CheckpointError(f"timm model cannot become a pixelvit ViT: {'; '.join(problems)}")
+    return dict(
+        img_size=tuple(m.patch_embed.img_size), patch_size=m.patch_embed.patch_size[0],
+        in_chans=m.patch_embed.proj.in_channels, num_classes=m.num_classes, embed_dim=m.embed_dim,
+        depth=len(m.blocks), num_heads=block.attn.num_heads,
+        mlp_ratio=block.mlp.fc1.out_features / m.embed_dim, qkv_bias=block.attn.qkv.bias is not None,
+    )
+
+
+def _timm_weights(name: str):
+    """(state_dict, ViTConfig overrides, timm's pretrained_cfg) for a timm ViT/DeiT name."""
+    import timm
+
+    try:
+        timm_model = timm.create_model(name, pretrained=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"could not get timm's pretrained weights for {name!r}: {type(error).__name__}: {error}\n"
+            "timm downloads them from the Hugging Face hub (offline: only if they are in its cache). "
+            "Alternatively save them on a machine with internet, "
+            f"torch.save(timm.create_model({name!r}, pretrained=True).state_dict(), 'vit.pth'), "
+            "and load the local file: pixelvit.load_pretrained('vit.pth')."
+        ) from error
+    overrides = _vit_overrides_from_timm(timm_model)
+    return timm_model.state_dict(), overrides, dict(timm_model.pretrained_cfg)
+
+
+def _is_timm_name(text: str) -> bool:
+    """A timm model name, not one of pixelvit's own (which pixelvit registers with timm too)."""
+    import timm
+
+    from pixelvit.models import MODELS
+
+    base = text.split(".")[0]
+    return "/" not in text and base not in MODELS and timm.is_model(base)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Check and load
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LoadReport:
+    """What happened between the file and the model, for `model.load_report`."""
+
+    source: str
+    file: str | None = None
+    picked: str | None = None  # top-level key of the weights, e.g. 'model' or 'model_ema'
+    notes: list[str] = field(default_factory=list)  # renamed / dropped / resampled keys, in order
+    missing: list[str] = field(default_factory=list)  # only with strict=False
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.source}" + (f" [{self.picked}]" if self.picked else "")]
+        lines += [f"  {note}" for note in self.notes]
+        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("mis-shaped", self.mismatched)):
+            if keys:
+                lines.append(f"  NOT loaded, {label}: {', '.join(keys)}")
+        return "\n".join(lines)
+
+
+def compare_state_dict(model, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, mis-shaped) keys of `state` against `model`, each a list of readable names."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    return missing, unexpected, mismatched
+
+
+def _name_list(keys: list[str], limit: int = 40) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_state_dict_checked(model, state: dict, strict: bool = True, report: LoadReport | None = None,
+                            fresh: tuple[str, ...] = ()):
+    """Load `state` into `model`; with strict=True any difference is one error naming every key.
+    `fresh`: keys the model is meant to keep from its own init (a new head)."""
+    report = report or LoadReport(source="state dict")
+    missing, unexpected, mismatched = compare_state_dict(model, state)
+    missing = [k for k in missing if k not in fresh]
+    if strict and (missing or unexpected or mismatched):
+        parts = [f"{label} ({len(keys)}): {_name_list(keys)}" for label, keys in
+                 (("missing in checkpoint", missing), ("unexpected in checkpoint", unexpected),
+                  ("different shape", mismatched)) if keys]
+        raise CheckpointMismatchError(
+            f"{report.source} does not fit {type(model).__name__}:\n  " + "\n  ".join(parts) +
+            "\nBuild the model the checkpoint was trained as (model=..., or config overrides such as "
+            "embed_dim=..., depth=...), pass num_classes=N to replace the head, or strict=False to load "
+            "what fits."
+        )
+    bad = {m.split(" ")[0] for m in mismatched}
+    model.load_state_dict({k: v for k, v in state.items() if k not in bad and k not in unexpected}, strict=False)
+    report.missing, report.unexpected, report.mismatched = missing, unexpected, mismatched
+    return report
+
+
+def _pretrained_cfg(model, entry: Checkpoint | None, base: dict | None) -> dict:
+    """What preprocessing the weights expect, in the keys timm's resolve_data_config reads."""
+    cfg = {
+        "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 0.875,
+        "crop_mode": "center", **(base or {}),
+    }
+    if entry is not None:
+        cfg.update(crop_pct=entry.crop_pct, top1=entry.top1, checkpoint=entry.name, flip_rule=entry.flip_rule)
+    h, w = model.patch_embed.img_size
+    cfg["input_size"] = (model.patch_embed.proj.in_channels, h, w)  # the model accepts only this size
+    cfg["num_classes"] = getattr(model.config, "num_classes", None)
+    return cfg
+
+
+def load_pretrained(
+    name_or_path,
+    *,
+    model_ema: bool = False,
+    num_classes: int | None = None,
+    strict: bool = True,
+    allow_unsafe_pickle: bool = False,
+    model: str | None = None,
+    img_size=None,
+    patch_size=None,
+    sha256: str | None = None,
+    cache_dir=None,
+    verbose: bool = True,
+    **overrides,
+):
+    """A pixelvit model with pretrained weights, in eval mode, on the CPU.
+
+    name_or_path: a released checkpoint (`pixelvit.catalog.list_checkpoints()`), a local .pth /
+        .safetensors file, a directory written by `pixelvit.io.save_model`, an http(s) URL, or a timm
+        ViT/DeiT name such as "deit_tiny_patch16_224".
+    model_ema: take the exponential-moving-average weights ('model_ema') of a training checkpoint.
+    num_classes: a new head of this size (0 = none); the checkpoint's head is then dropped (and said so).
+    strict: any missing, unexpected or mis-shaped key raises CheckpointMismatchError naming all of them;
+        strict=False loads what fits and lists the rest in `model.load_report`.
+    allow_unsafe_pickle: unpickle objects beyond the allowlist (runs code from the file: trusted files only).
+    model: the pixelvit model name to build, when the file cannot say (otherwise: catalog entry,
+        config.json, or the tensors' shapes). `**overrides` are further config fields (e.g. num_heads).
+    img_size / patch_size: after loading, resample position and patch embeddings to these (resize_model).
+    verbose: print what was built and which keys were renamed or dropped (also in `model.load_report`).
+    sha256: expected hash of a URL download or local file (catalog files are checked against the hub's
+        hash; a URL without one is only checked for completeness).
+    """
+    from pixelvit.models import create_model, get_config, model_from_config
+
+    text = str(name_or_path)
+    report = LoadReport(source=text)
+    meta = base_cfg = hint = None
+    entry = CATALOG.get(text)
+    if not Path(text).expanduser().exists() and text not in CATALOG and not _is_url(text) and _is_timm_name(text):
+        state, timm_overrides, base_cfg = _timm_weights(text)
+        report.notes.append(f"converted timm {text} (identical parameter names)")
+        overrides = {**timm_overrides, **overrides}
+        shape = describe_state_dict(state)
+    else:
+        path, entry = checkpoint_file(name_or_path, sha256=sha256, cache_dir=cache_dir)
+        if path.name == WEIGHTS_NAME and (path.parent / CONFIG_NAME).exists():
+            path = path.parent  # the weights of a pixelvit directory: use its config too
+        report.file = str(path)
+        if path.is_dir():
+            meta, state = read_model_files(path)
+            base_cfg = meta.get("pretrained_cfg")
+        else:
+            checkpoint = read_checkpoint(path, allow_unsafe_pickle)
+            state, report.picked, notes = pick_state_dict(checkpoint, model_ema)
+            report.notes += notes
+            args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+            hint = getattr(args, "model", None)  # the official main.py saves its argparse args
+        shape = describe_state_dict(state)
+
+    # The head: keep the checkpoint's unless asked for another size.
+    fresh = ()
+    if num_classes is not None and num_classes != shape.num_classes:
+        fresh = ("head.weight", "head.bias")
+        dropped = [k for k in fresh if k in state]
+        state = {k: v for k, v in state.items() if k not in dropped}
+        if dropped:
+            report.notes.append(f"dropped {', '.join(dropped)} ({shape.num_classes} classes) for a new "
+                                f"{num_classes}-class head")
+    classes = shape.num_classes if num_classes is None else num_classes
+
+    if meta is not None:  # pixelvit's own directory: the config alone rebuilds the model
+        config = {**meta["config"], **overrides, "num_classes": classes}
+        net = model_from_config(meta["arch"], config)
+    else:
+        if model is None and entry is not None:
+            model = entry.model
+        elif model in CATALOG:
+            entry = CATALOG[model]
+            model = entry.model
+        if model:  # the caller (or the catalog) names the model: take only the geometry from the shapes
+            name, inferred = model, {k: shape.config[k] for k in ("img_size", "patch_size", "in_chans")}
+        else:
+            name, inferred = _model_name_and_overrides(shape, hint)
+        kwargs = {**inferred, **overrides}
+        net = create_model(name, num_classes=classes, **kwargs)
+        changed = {k: v for k, v in kwargs.items() if getattr(get_config(name), k) != v}
+        report.notes.insert(0, f"built {name} with {changed}" if changed else f"built {name}")
+
+    load_state_dict_checked(net, state, strict=strict, report=report, fresh=fresh)
+    net.eval()
+    net.pretrained_cfg = _pretrained_cfg(net, entry, base_cfg)
+    if img_size is not None or patch_size is not None:
+        from pixelvit.resample import resize_model
+
+        net = resize_model(net, img_size=img_size, patch_size=patch_size)
+        report.notes.append(f"resampled pos_embed / patch_embed to {net.patch_embed.img_size} px, "
+                            f"patch {net.config.patch_size}")
+    net.load_report = report
+    if verbose:
+        print(report)
+    return net
+
+
+def list_pretrained() -> list[str]:
+    return list(CATALOG)
+
+
+__all__ = [
+    "CheckpointError", "CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport",
+    "load_pretrained", "download_checkpoint", "checkpoint_file", "read_checkpoint", "pick_state_dict",
+    "strip_prefixes", "describe_state_dict", "compare_state_dict", "load_state_dict_checked", "safe_globals",
+    "list_pretrained",
+]
