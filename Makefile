@@ -25,6 +25,7 @@ run: setup
 	$(VENV)/bin/pixelvit costs --model vit_tiny --img-size 224 --patch-sizes 16 8 4 2 1 --out outputs
 
 test: setup
+	$(VENV)/bin/ruff check pixelvit tests benchmarks
 	$(PY) -m pytest
 
 bench: setup
