@@ -1,0 +1,88 @@
+"""pixelvit.sweep: the default grid, an end-to-end sweep at a tiny budget, reuse, the table and figure."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from pixelvit import sweep
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def test_no_arguments_means_the_default_sweep_on_specks():
+    configs, out = sweep.configs_from_args(sweep.build_parser().parse_args([]))
+    d = sweep.DEFAULT_SWEEP
+    assert out == Path(d["out"])
+    assert [c.patch_size for c in configs] == d["patch_sizes"] == [8, 4, 2, 1]
+    assert {c.dataset for c in configs} == {"specks"} and {c.img_size for c in configs} == {16}
+    assert all(c.steps == d["steps"] and c.model_args == d["model_args"] for c in configs)
+
+
+def test_other_models_do_not_get_the_default_slimming():
+    configs, out = sweep.configs_from_args(sweep.build_parser().parse_args(
+        ["--model", "vit_tiny", "--dataset", "cifar10", "--patch-sizes", "8", "4"]))
+    assert all(c.model_args == {} and c.img_size is None for c in configs)
+    assert out == Path("runs/sweeps/vit_tiny-cifar10-nativepx")
+    # naming the default model explicitly asks for that model as registered, not the slimmed one
+    configs, _ = sweep.configs_from_args(sweep.build_parser().parse_args(["--model", "vit_micro"]))
+    assert all(c.model == "vit_micro" and c.model_args == {} for c in configs)
+
+
+def tiny_sweep_args(data_root, tmp_path) -> list[str]:
+    return ["--model-arg", "embed_dim=32", "--model-arg", "depth=2", "--model-arg", "num_heads=2",
+            "--img-size", "8", "--patch-sizes", "4", "2", "--steps", "4", "--batch-size", "16",
+            "--train-samples", "128", "--eval-samples", "64", "--data-root", data_root,
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "sweep"), "--quiet"]
+
+
+def test_sweep_end_to_end_on_specks_then_reused(data_root, tmp_path, capsys):
+    args = tiny_sweep_args(data_root, tmp_path)
+    assert sweep.main(args) == 0
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))
+    assert [int(r["patch_size"]) for r in rows] == [4, 2]
+    assert [int(r["tokens"]) for r in rows] == [5, 17]
+    for row in rows:
+        assert row["dataset"] == "specks" and row["img_size"] == "8" and row["steps"] == "4"
+        assert int(row["params"]) > 0 and float(row["gflops"]) > 0 and 0 <= float(row["top1"]) <= 100
+        assert row["device"].startswith("cpu") and row["cached"] == "False"
+    assert float(rows[1]["gflops"]) > float(rows[0]["gflops"])  # 4x the tokens, more compute
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
+    assert "patch_size" in capsys.readouterr().out
+
+    assert sweep.main(args) == 0  # finished runs are reused, not retrained
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))
+    assert all(r["cached"] == "True" for r in rows)
+
+
+def test_gflops_fall_back_to_a_measured_forward_pass(data_root, tmp_path, monkeypatch):
+    import pixelvit.costs
+
+    sweep.main(tiny_sweep_args(data_root, tmp_path))
+    run_dir = Path(next(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))["run_dir"])
+    expected, source = sweep.forward_gflops(run_dir)
+    assert source == "pixelvit.costs"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("costs unavailable")
+
+    monkeypatch.setattr(pixelvit.costs, "estimate", broken)
+    measured, source = sweep.forward_gflops(run_dir)
+    assert source == "FlopCounterMode"
+    assert measured == pytest.approx(expected, rel=0.05)
+
+
+def test_figure_with_paper_panel_and_seeds(tmp_path):
+    rows = [dict(model="vit_micro", dataset="specks", img_size=16, patch_size=p, tokens=(16 // p) ** 2 + 1,
+                 train_tflops=0.01 * 4 ** i, top1=20 + 20 * i + seed, steps=300)
+            for i, p in enumerate([8, 4, 2, 1]) for seed in (0, 1)]
+    path = sweep.plot(rows, tmp_path / "fig.png", paper=True)
+    assert path.stat().st_size > 10_000
+    reference = sweep.paper_reference()
+    assert {r["patch_size"] for r in reference} >= {16, 1}
+    assert all(r["source"] for r in reference)

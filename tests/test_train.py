@@ -1,0 +1,259 @@
+"""pixelvit.train: exact resume after SIGKILL, stored results, DDP, divergence, multi-stage, checkpoints.
+
+Every run here is a micro ViT (32 wide, 2 deep) on 8x8 specks for a few dozen steps. Subprocesses get
+OMP_NUM_THREADS=1 (the machine is shared, and equal thread counts keep CPU float sums identical).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pixelvit.train import (
+    RunDirConflict,
+    Stage,
+    TrainConfig,
+    TrainingDiverged,
+    build_parser,
+    config_from_args,
+    config_hash,
+    latest_checkpoint,
+    main,
+    run_dir_of,
+    train,
+    train_stages,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MICRO = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+MICRO_ARGS = [arg for k, v in MICRO.items() for arg in ("--model-arg", f"{k}={v}")]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """One dataset cache for the module: specks at 8 px is generated once."""
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def tiny(data_root, tmp_path, **changes) -> TrainConfig:
+    base = TrainConfig(model="vit_micro", model_args=dict(MICRO), dataset="specks", img_size=8, patch_size=4,
+                       steps=12, batch_size=16, lr=2e-3, train_samples=256, eval_samples=64,
+                       runs_dir=str(tmp_path / "runs"), data_root=data_root, checkpoint_every=5, log_every=4)
+    return replace(base, **changes)
+
+
+def subprocess_env(data_root) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PIXELVIT_DATA=data_root)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def weights(run_dir) -> dict:
+    return load_file(str(Path(run_dir) / "model" / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------
+def test_run_records_config_metrics_and_is_reused(data_root, tmp_path):
+    config = tiny(data_root, tmp_path, eval_every=6)
+    result = train(config, progress=False)
+    run_dir = Path(result.run_dir)
+    assert run_dir == run_dir_of(config) and config_hash(config) in run_dir.name
+    assert not result.cached and result.steps == 12 and 0 <= result.top1 <= 100
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config_hash"] == config_hash(config)
+    environment = record["environment"]
+    assert {"torch", "timm", "numpy", "device", "git_revision", "python"} <= set(environment)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if line["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [6, 12]
+    assert all({"loss", "images_per_s", "wall_s", "lr"} <= set(line) for line in lines if line["kind"] == "train")
+    assert not (run_dir / "checkpoints").exists()  # finished: the final model and result.json remain
+
+    started = time.perf_counter()
+    again = train(config, progress=False)
+    assert again.cached and again.top1 == result.top1 and time.perf_counter() - started < 1.0
+    # settings that do not change the weights do not change the run
+    assert train(replace(config, log_every=1, num_workers=1), progress=False).cached
+
+
+def test_another_config_in_the_same_folder_is_refused(data_root, tmp_path):
+    config = tiny(data_root, tmp_path, out=str(tmp_path / "fixed"), steps=2)
+    train(config, progress=False)
+    with pytest.raises(RunDirConflict, match="another config"):
+        train(replace(config, lr=1e-4), progress=False)
+
+
+def test_checkpoint_state_loads_with_weights_only_and_nan_stops_the_run(data_root, tmp_path):
+    # a learning rate of 1e6 blows the weights up within a few steps
+    config = tiny(data_root, tmp_path, lr=1e6, warmup_steps=0, steps=40, checkpoint_every=1, clip_grad=0.0)
+    with pytest.raises(TrainingDiverged) as error:
+        train(config, progress=False)
+    message = str(error.value)
+    assert "at step" in message and "last good checkpoint" in message
+    folder = latest_checkpoint(run_dir_of(config))
+    assert folder is not None and str(folder) in message
+    state = torch.load(folder / "trainer_state.pt", weights_only=True)  # no pickled code needed
+    assert {"optimizer", "scheduler", "rng_by_rank", "step", "epoch", "batch_in_epoch"} <= set(state)
+    failed_at = int(message.split("at step ")[1].split()[0])
+    assert state["step"] == failed_at - 1  # the checkpoint is the last step before the bad update
+    good = load_file(str(folder / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in good.values())
+
+
+def test_cli_reports_divergence_with_exit_code(data_root, tmp_path, capsys):
+    code = main(["--dataset", "specks", "--img-size", "8", "--patch-size", "4", *MICRO_ARGS, "--steps", "30",
+                 "--batch-size", "16", "--train-samples", "256", "--eval-samples", "32", "--lr", "1e7",
+                 "--warmup-steps", "0", "--clip-grad", "0", "--data-root", data_root,
+                 "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert code == 3
+    assert "at step" in capsys.readouterr().err
+
+
+def test_cli_parses_model_args_and_defaults():
+    config = config_from_args(build_parser().parse_args(["--model-arg", "embed_dim=64", "--model-arg", "depth=3",
+                                                         "--steps", "7"]))
+    assert config.model_args == {"embed_dim": 64, "depth": 3} and config.steps == 7
+    assert config.dataset == "specks"
+
+
+def test_cli_runs_and_prints_result(data_root, tmp_path, capsys):
+    args = ["--dataset", "specks", "--img-size", "8", "--patch-size", "4", *MICRO_ARGS, "--steps", "3",
+            "--batch-size", "16", "--train-samples", "64", "--eval-samples", "32", "--data-root", data_root,
+            "--out", str(tmp_path / "cli_run"), "--quiet"]
+    assert main(args) == 0
+    assert "trained: top-1" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "stored result: top-1" in capsys.readouterr().out
+
+
+def test_killed_run_resumes_bit_identical(data_root, tmp_path):
+    """SIGKILL a training subprocess mid-epoch after it wrote a checkpoint, resume it, compare weights."""
+    # 2,000 training images / 16 per batch = 125 steps an epoch; 150 steps cross an epoch boundary
+    # after the resume. Patch 1 at 8x8 (65 tokens) makes a step slow enough to kill in flight.
+    common = ["-m", "pixelvit.train", "--dataset", "specks", "--img-size", "8", "--patch-size", "1", *MICRO_ARGS,
+              "--steps", "150", "--batch-size", "16", "--train-samples", "2000", "--eval-samples", "64",
+              "--checkpoint-every", "10", "--lr", "2e-3", "--data-root", data_root, "--quiet"]
+    env = subprocess_env(data_root)
+    killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
+
+    process = subprocess.Popen([sys.executable, *common, "--out", str(killed_dir)], env=env, cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pointer = killed_dir / "checkpoints" / "latest.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 30:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed: " + process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(pointer.read_text())["step"]
+    assert 30 <= killed_at < 125 and killed_at % 125 != 0  # a checkpoint in the middle of epoch 0
+    assert not (killed_dir / "result.json").exists()
+
+    resumed = subprocess.run([sys.executable, *common, "--out", str(killed_dir)], env=env, cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    reference = subprocess.run([sys.executable, *common, "--out", str(reference_dir)], env=env, cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+
+    run = json.loads((killed_dir / "run.json").read_text())
+    assert run["resumed_from_step"] == killed_at
+    a, b = weights(killed_dir), weights(reference_dir)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    results = [json.loads((d / "result.json").read_text()) for d in (killed_dir, reference_dir)]
+    assert results[0]["top1"] == results[1]["top1"] and results[0]["steps"] == 150
+    steps_logged = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == sorted(steps_logged)  # lines after the checkpoint were dropped on resume
+
+
+def test_ddp_two_processes_stay_in_sync_and_match_one_process(data_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo) against 1 process with the same global batch of 16."""
+    common = ["--dataset", "specks", "--img-size", "8", "--patch-size", "4", *MICRO_ARGS, "--steps", "6",
+              "--batch-size", "16", "--train-samples", "256", "--eval-samples", "64", "--lr", "2e-3",
+              "--log-every", "1", "--data-root", data_root, "--quiet"]
+    env = subprocess_env(data_root)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "pixelvit.train", *common, "--out", str(tmp_path / "ddp")],
+                         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "pixelvit.train", *common, "--out", str(tmp_path / "single")],
+                            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    result = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert result["world_size"] == 2 and result["replicas_in_sync"] is True  # identical weights on both ranks
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if json.loads(line)["kind"] == "train"]
+
+    # the loss of every global batch agrees (DDP averages the two halves' gradients = the whole batch's)
+    assert losses("ddp") == pytest.approx(losses("single"), rel=1e-5, abs=1e-6)
+    assert len(losses("ddp")) == 6
+
+    # The weights agree up to float rounding, amplified by Adam only where a gradient is ~0 (its first
+    # steps move every weight by about +-lr whatever the gradient's size, so a sign flip of a near-zero
+    # gradient shows as ~lr). So compare the training updates as a whole: they differ by < 0.1 %.
+    from pixelvit.models import create_model
+
+    torch.manual_seed(0)  # the trainer's initialisation
+    initial = create_model("vit_micro", img_size=8, patch_size=4, num_classes=8, **MICRO).state_dict()
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
+    difference = sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5
+    update = sum(((b[k] - initial[k]) ** 2).sum() for k in a) ** 0.5
+    assert difference / update < 1e-3
+
+
+def test_multi_stage_fine_tunes_at_a_higher_resolution(data_root, tmp_path):
+    config = tiny(data_root, tmp_path)
+    low, high = train_stages(config, [Stage(8, 4), Stage(16, 3)], progress=False)
+    meta_low = json.loads((Path(low.run_dir) / "model" / "config.json").read_text())
+    meta_high = json.loads((Path(high.run_dir) / "model" / "config.json").read_text())
+    assert meta_low["config"]["img_size"] == 8 and meta_high["config"]["img_size"] == 16
+    assert high.tokens == (16 // 4) ** 2 + 1 and low.tokens == (8 // 4) ** 2 + 1
+    assert high.config["init_from"] == str(Path(low.run_dir) / "model")
+    assert Stage.parse("32:100:2") == Stage(32, 100, 2)
+    with pytest.raises(ValueError):
+        Stage.parse("32")
+    # finished stages are reused
+    assert all(r.cached for r in train_stages(config, [Stage(8, 4), Stage(16, 3)], progress=False))
+
+
+def test_ema_mixup_and_augmentation_run(data_root, tmp_path):
+    config = tiny(data_root, tmp_path, steps=4, ema_decay=0.9, mixup=0.2, cutmix=1.0, augmentation="light")
+    result = train(config, progress=False)
+    assert result.top1_raw is not None  # EMA on: top1 is the EMA weights', top1_raw the trained ones'
+    meta = json.loads((Path(result.run_dir) / "model" / "config.json").read_text())
+    assert meta["ema"] is True
+
+
+def test_loader_workers_do_not_change_the_result(data_root, tmp_path):
+    """Augmentation is seeded per (seed, epoch, index), so worker processes give the same batches."""
+    config = tiny(data_root, tmp_path, steps=3, train_samples=64, augmentation="light")
+    in_process = train(replace(config, out=str(tmp_path / "w0")), progress=False)
+    with_workers = train(replace(config, out=str(tmp_path / "w2"), num_workers=2), progress=False)
+    a, b = weights(in_process.run_dir), weights(with_workers.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_stages(data_root, tmp_path, capsys):
+    code = main(["--dataset", "specks", "--patch-size", "4", *MICRO_ARGS, "--stages", "8:3", "16:2",
+                 "--batch-size", "16", "--train-samples", "64", "--eval-samples", "32", "--data-root", data_root,
+                 "--out", str(tmp_path / "stages"), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2 and "17 tokens" in printed[1]
+    assert len(list((tmp_path / "stages").iterdir())) == 2
