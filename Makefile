@@ -1,5 +1,6 @@
 # pixelvit: two commands do all the set-up.
-#   make run    create .venv, install the pinned environment, run the main job (embedded default)
+#   make run    create .venv, install the pinned environment, run the main job: the default patch-size
+#               sweep on the generated `specks` data (about 3-5 minutes on 2 CPU cores)
 #   make test   create .venv, install the pinned environment, run the test suite (notebooks included)
 # Other targets: make setup, make bench, make lint, make constraints, make clean.
 
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # 2-thread training 10x slower on a shared 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test bench lint constraints clean
+.PHONY: setup run costs test bench lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 run: setup
+	$(VENV)/bin/pixelvit sweep
+
+costs: setup
 	$(VENV)/bin/pixelvit costs --model vit_tiny --img-size 224 --patch-sizes 16 8 4 2 1 --out outputs
 
 test: setup
