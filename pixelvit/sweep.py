@@ -74,8 +74,9 @@ def paper_reference() -> list[dict]:
     return rows
 
 
-# TODO(lead): fill from Table 1 of Wang et al. 2025 (arXiv:2502.03738), e.g. {"DeiT-T": {16: ..., 8: ...}},
-# and check each number against the paper; left empty because our sources did not include that table.
+# ViT (DeiT) ImageNet top-1 per patch size from Table 1 of Wang et al. 2025, e.g. {"DeiT-T": {16: ..., 8: ...}}.
+# Deliberately empty: none of our sources had that table, and an unverified number is worse than none.
+# Fill it from the paper's PDF (and cite the table) to draw the ViT line in the paper panel.
 PAPER_VIT_TOP1: dict[str, dict[int, float]] = {}
 PAPER_VIT_SOURCE = "Wang et al. 2025, Table 1 (arXiv:2502.03738)"
 
