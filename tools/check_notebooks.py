@@ -1,0 +1,133 @@
+"""Check (and optionally strip) the committed notebooks: sources only, small, papermill-ready.
+
+    python tools/check_notebooks.py              # check notebooks/*.ipynb, exit 1 on any problem
+    python tools/check_notebooks.py --fix        # strip outputs, execution counts and widget state first
+    python tools/check_notebooks.py path/a.ipynb # check only these files
+
+A committed notebook must have:
+  * no outputs and no execution counts (the rendered results belong to a run, not to the source);
+  * no widget state in its metadata (GitHub refuses to render notebooks whose `widgets` metadata lacks a
+    state, and the state of a widget on the author's machine means nothing elsewhere);
+  * exactly one cell tagged `parameters` (papermill injects SMOKE=True and friends after it);
+  * a size under 1 MB, and no code cell longer than MAX_CELL_LINES lines (small cells you can inspect).
+Only the standard library is used, so this runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+MAX_BYTES = 1_000_000
+MAX_CELL_LINES = 30
+# metadata keys that hold run-specific state; removed by --fix, refused otherwise
+STATE_METADATA = ("widgets",)
+CELL_STATE_METADATA = ("execution", "papermill", "collapsed", "scrolled", "ExecuteTime")
+NOTEBOOK_STATE_METADATA = ("widgets", "papermill")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _source(cell) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def problems(path: Path, max_cell_lines: int = MAX_CELL_LINES) -> list[str]:
+    """Everything wrong with one notebook file, as human-readable lines (empty = fine)."""
+    found = []
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        found.append(f"{size:,} bytes, more than {MAX_BYTES:,}")
+    try:
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return [*found, f"not a valid notebook (JSON): {error}"]
+    for key in NOTEBOOK_STATE_METADATA:
+        if key in notebook.get("metadata", {}):
+            found.append(f"notebook metadata has {key!r} (run state; strip it)")
+    parameter_cells = []
+    for index, cell in enumerate(notebook.get("cells", [])):
+        where = f"cell {index} ({cell.get('cell_type')})"
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags:
+            parameter_cells.append(index)
+        if "injected-parameters" in tags:
+            found.append(f"{where} is a papermill injected-parameters cell (an executed copy, not the source)")
+        if cell.get("outputs"):
+            found.append(f"{where} has {len(cell['outputs'])} output(s)")
+        if cell.get("execution_count") is not None:
+            found.append(f"{where} has execution_count {cell['execution_count']}")
+        for key in ("widgets", *CELL_STATE_METADATA):
+            if key in cell.get("metadata", {}):
+                found.append(f"{where} metadata has {key!r} (run state; strip it)")
+        if cell.get("attachments"):
+            found.append(f"{where} has attachments (commit images as files instead)")
+        if cell.get("cell_type") == "code":
+            lines = _source(cell).rstrip("\n").count("\n") + 1
+            if lines > max_cell_lines:
+                found.append(f"{where} has {lines} lines, more than {max_cell_lines}: split it")
+    if len(parameter_cells) != 1:
+        found.append(
+            f"{len(parameter_cells)} cells tagged 'parameters' (need exactly one, for papermill)"
+            + (f": cells {parameter_cells}" if parameter_cells else "")
+        )
+    return found
+
+
+def strip(path: Path) -> bool:
+    """Remove outputs, execution counts and run-state metadata in place; True if the file changed."""
+    text = path.read_text(encoding="utf-8")
+    notebook = json.loads(text)
+    for key in NOTEBOOK_STATE_METADATA:
+        notebook.get("metadata", {}).pop(key, None)
+    for cell in notebook.get("cells", []):
+        metadata = cell.setdefault("metadata", {})
+        for key in ("widgets", *CELL_STATE_METADATA):
+            metadata.pop(key, None)
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    new_text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+    if new_text != text:
+        path.write_text(new_text, encoding="utf-8")
+        return True
+    return False
+
+
+def notebook_paths(paths=None) -> list[Path]:
+    if paths:
+        return [Path(p) for p in paths]
+    return sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="*", help="notebooks to check (default: notebooks/*.ipynb)")
+    parser.add_argument("--fix", action="store_true", help="strip outputs and run state before checking")
+    args = parser.parse_args(argv)
+    paths = notebook_paths(args.paths)
+    if not paths:
+        print("no notebooks found", file=sys.stderr)
+        return 1
+    failed = 0
+    for path in paths:
+        if args.fix and strip(path):
+            print(f"stripped {path}")
+        found = problems(path)
+        if found:
+            failed += 1
+            print(f"{path}:")
+            for line in found:
+                print(f"  - {line}")
+    if failed:
+        print(f"\n{failed} of {len(paths)} notebook(s) need attention "
+              "(`python tools/check_notebooks.py --fix` strips outputs and widget state)")
+        return 1
+    print(f"{len(paths)} notebook(s) OK: no outputs, no widget state, one parameters cell each, all < 1 MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
