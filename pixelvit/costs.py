@@ -219,16 +219,15 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_costs(rows: list[dict], path, title: str | None = None):
     """Tokens, GFLOPs and activation memory against patch size on log axes; saved to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg") if "matplotlib.pyplot" not in sys.modules else None
-    import matplotlib.pyplot as plt
     import seaborn as sns
+
+    from pixelvit.io import atomic_write, new_figure
 
     sns.set_theme(style="whitegrid", context="notebook")
     panels = [("tokens", "tokens per image"), ("gflops", "forward GFLOPs per image"),
               ("activation_mb", "training activations (MB / image)")]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    figure = new_figure(figsize=(13, 3.8))
+    axes = figure.subplots(1, 3)
     patch_sizes = [row["patch_size"] for row in rows]
     for axis, (key, label) in zip(axes, panels):
         sns.lineplot(x=patch_sizes, y=[row[key] for row in rows], marker="o", ax=axis)
@@ -238,9 +237,8 @@ def plot_costs(rows: list[dict], path, title: str | None = None):
     figure.suptitle(title or "cost of shrinking the patch")
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format="png", dpi=120)
     return path
 
 

@@ -171,3 +171,15 @@ def read_model_files(directory) -> tuple[dict, dict]:
         )
     meta = json.loads(config_path.read_text())
     return meta, load_file(str(weights_path))
+
+
+def new_figure(**kwargs):
+    """A matplotlib Figure for saving to a file, outside pyplot's global state.
+
+    Library code that writes plots must not switch the backend or leave figures open: in a notebook
+    that would stop later figures from showing inline. A bare `Figure` needs neither.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from pixelvit.io import atomic_write, atomic_write_json
+from pixelvit.io import atomic_write, atomic_write_json, new_figure
 from pixelvit.train import TrainConfig, parse_value, train
 
 # The default sweep: what `pixelvit sweep` with no arguments runs (and the README's main job).
@@ -162,10 +162,6 @@ def read_csv(path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 def plot(rows: list[dict], path, paper: bool = False):
     """Top-1 vs patch size (smaller patches to the right) and vs training compute; optional paper panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
@@ -177,8 +173,8 @@ def plot(rows: list[dict], path, paper: bool = False):
     panels = 3 if len(reference) else 2
 
     sns.set_theme(style="whitegrid", context="notebook")
-    figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
-    axes = axes[0]
+    figure = new_figure(figsize=(5.2 * panels, 4.2))
+    axes = figure.subplots(1, panels, squeeze=False)[0]
     errorbar = "sd" if frame.groupby(["label", "patch_size"]).size().max() > 1 else None
 
     sns.lineplot(frame, x="patch_size", y="top1", hue="label", marker="o", errorbar=errorbar, ax=axes[0])
@@ -216,7 +212,6 @@ def plot(rows: list[dict], path, paper: bool = False):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=120)
-    plt.close(figure)
     return Path(path)
 
 
