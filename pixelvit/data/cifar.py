@@ -11,7 +11,6 @@ archive's md5 matched the published value.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 from pixelvit.data.arrays import ImageArrays
 from pixelvit.data.locations import data_root, extract_tar
-from pixelvit.io import CHUNK_BYTES, DownloadError, download_url
+from pixelvit.io import DownloadError, download_url, file_digest
 
 
 @dataclass(frozen=True)
@@ -60,11 +59,7 @@ CIFAR = {
 
 
 def md5_file(path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")  # the CIFAR site publishes md5 sums
 
 
 def download_archive(name: str, root=None, url: str | None = None, md5: str | None = None, progress=True) -> Path:

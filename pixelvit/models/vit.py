@@ -122,6 +122,7 @@ class VisionTransformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
+
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
         self.config.grad_checkpointing = enable
