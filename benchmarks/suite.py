@@ -439,7 +439,6 @@ def main(argv=None) -> int:
     results = {
         "command": command,
         "argv": argv,
-        "cwd": os.getcwd(),
         "profile": profile,
         "settings": PROFILES[profile],
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
