@@ -100,7 +100,7 @@ def forward_gflops(run_dir: Path) -> tuple[float, str]:
         from pixelvit.costs import estimate
 
         return float(estimate(model)["gflops"]), "pixelvit.costs"
-    except Exception:  # costs unavailable or not for this model: count a real forward pass instead
+    except Exception:  # a config pixelvit.costs has no formula for: count a real forward pass instead
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 

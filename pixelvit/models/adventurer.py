@@ -48,9 +48,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from pixelvit.models.layers import DropPath, PatchEmbed
+from pixelvit.models.layers import DropPath, PatchEmbed, run_layers
 from pixelvit.models.mamba2 import Mamba2Mixer
 from pixelvit.ops.ssd import select_backend
 
@@ -224,12 +223,7 @@ class Adventurer(nn.Module):
         x = self.patch_embed(images)  # (B, N, D)
         cls_token = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([x, cls_token], dim=1) + self.pos_embed  # (B, N+1, D), class token LAST
-        for layer in self.layers:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(layer, x, use_reentrant=False)  # keep only x; recompute inside in backward
-            else:
-                x = layer(x)
-        return x
+        return run_layers(self.layers, x, self.grad_checkpointing)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.norm_f(self.run_blocks(images))  # (B, N+1, D)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from timm.layers import DropPath  # noqa: F401  (re-exported for both models)
+from torch.utils.checkpoint import checkpoint
 
 from pixelvit.patching import as_hw, check_divisible
 
@@ -40,3 +41,15 @@ class PatchEmbed(nn.Module):
             )
         tokens = self.proj(images)  # (B, D, H/p, W/p)
         return tokens.flatten(2).transpose(1, 2)  # (B, N, D), patches in row-major (raster) order
+
+
+def run_layers(layers: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """Pass x through each layer in turn. With gradient checkpointing (and gradients on), keep only each
+    layer's input and recompute the inside during backward: far less memory at 50k tokens, ~30% slower."""
+    for layer in layers:
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(layer, x, use_reentrant=False)
+        else:
+            x = layer(x)
+    return x
+

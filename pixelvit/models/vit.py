@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from pixelvit.models.layers import DropPath, PatchEmbed
+from pixelvit.models.layers import DropPath, PatchEmbed, run_layers
 
 
 @dataclass
@@ -132,12 +131,7 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(images)  # (B, N, D)
         cls_token = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls_token, x], dim=1) + self.pos_embed  # (B, N+1, D), class token first
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)  # keep only x; recompute inside in backward
-            else:
-                x = block(x)
-        return x
+        return run_layers(self.blocks, x, self.grad_checkpointing)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.norm(self.run_blocks(images))  # (B, N+1, D)
