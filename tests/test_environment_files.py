@@ -93,6 +93,13 @@ def _copy_without(tmp_path: Path, relative: str, pattern: str) -> Path:
         ("pyproject.toml", r'^\s+"einops', "environment.yml has einops, which pyproject.toml does not declare"),
         ("pyproject.toml", r'^\s+"papermill', "binder/requirements.txt has papermill, which pyproject.toml does not declare"),
         ("constraints.txt", r"^timm==", "constraints.txt does not pin timm"),
+        # the assignments' grader (notebooks extra) and the notebook git filter (dev extra)
+        ("binder/requirements.txt", r"^otter-grader==", "binder/requirements.txt lacks otter-grader"),
+        ("environment.yml", r"^\s+- otter-grader", "environment.yml lacks otter-grader"),
+        ("constraints.txt", r"^otter-grader==", "constraints.txt does not pin otter-grader"),
+        ("environment.yml", r"^\s+- nbstripout", "environment.yml lacks nbstripout"),
+        ("constraints.txt", r"^nbstripout==", "constraints.txt does not pin nbstripout"),
+        ("pyproject.toml", r'^\s+"nbstripout', "environment.yml has nbstripout, which pyproject.toml does not declare"),
     ],
 )
 def test_a_removed_dependency_is_reported(tmp_path, relative, pattern, reported):
@@ -115,3 +122,10 @@ def test_binder_uses_cpu_torch_and_standard_repo2docker_files():
             pinned = re.search(rf"^{re.escape(name)}==(\S+)$", constraints, re.M | re.I)
             assert pinned, f"{name} is pinned in binder but not in constraints.txt"
             assert version.split("+")[0] == pinned.group(1).split("+")[0], name
+
+
+def test_grader_and_notebook_filter_are_declared():
+    """Binder students grade assignments with otter-grader; contributors' commits go through nbstripout."""
+    deps = read_files(ROOT)
+    assert "otter-grader" in deps["notebooks"] and "otter-grader" in deps["binder"]
+    assert "nbstripout" in deps["dev"]
