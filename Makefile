@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # 2-thread training 10x slower on a shared 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run costs test bench lint constraints clean
+.PHONY: setup git-filter run costs test bench lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,dev]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+# nbstripout as a git filter (declared in .gitattributes): git strips a notebook's outputs when staging it, so
+# what JupyterLab autosaves stays in your working copy and never reaches a commit. --keep-id keeps the cell ids
+# as committed (a filtered notebook is then byte for byte the committed one). Skipped outside a git clone.
+setup: $(STAMP) git-filter
+
+git-filter:
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
+	  git config filter.nbstripout.smudge cat && \
+	  git config filter.nbstripout.extrakeys 'metadata.papermill cell.metadata.papermill' && \
+	  git config diff.ipynb.textconv '"$(abspath $(PY))" -m nbstripout --keep-id -t'; \
+	fi
 
 run: setup
 	$(VENV)/bin/pixelvit sweep

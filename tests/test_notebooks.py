@@ -129,8 +129,10 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_committed_clean(notebook):
-    """No outputs, execution counts or widget state; one parameters cell; < 1 MB; short cells."""
-    assert check_notebooks.problems(notebook) == []
+    """What git would commit: no outputs, execution counts or widget state; one parameters cell; < 1 MB;
+    short cells. Outputs in the working copy are fine when the nbstripout git filter removes them."""
+    found, checked = check_notebooks.committed_problems(notebook)
+    assert not found, f"{notebook.name} ({checked}): {'; '.join(found)}\n{check_notebooks.FIX_HINT}"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
@@ -156,6 +158,71 @@ def test_checker_refuses_outputs_and_widget_state(tmp_path):
         assert expected in found
     check_notebooks.strip(path)
     assert "output" not in "\n".join(check_notebooks.problems(path))
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def _repo_with_notebook(tmp_path: Path, git_filter: bool) -> tuple[Path, Path]:
+    """A new git repository holding .gitattributes and a committed copy of notebook 00, the git filter
+    configured by the Makefile's own `git-filter` target (with this Python) when `git_filter`."""
+    if shutil.which("git") is None or (git_filter and shutil.which("make") is None):
+        pytest.skip("needs git (and make)")
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / ".gitattributes", repo / ".gitattributes")
+    notebook = repo / "notebooks" / NOTEBOOKS[0].name
+    shutil.copy(NOTEBOOKS[0], notebook)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "student@example.com")
+    _git(repo, "config", "user.name", "student")
+    if git_filter:
+        subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "git-filter", f"PY={sys.executable}"],
+                       cwd=repo, check=True, capture_output=True)
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "clean notebooks")
+    return repo, notebook
+
+
+def _run_in_jupyterlab(notebook: Path) -> None:
+    """What JupyterLab's autosave leaves behind: outputs, execution counts, widget state (nbformat's layout)."""
+    content = json.loads(notebook.read_text())
+    for count, cell in enumerate((c for c in content["cells"] if c["cell_type"] == "code"), start=1):
+        cell["execution_count"] = count
+        cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": [f"output of cell {count}\n"]}]
+    content["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    notebook.write_text(json.dumps(content, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def test_outputs_in_the_working_copy_never_reach_a_commit(tmp_path):
+    """With the nbstripout filter set up by `make setup`, a notebook run in JupyterLab keeps its outputs in
+    the working copy, `git diff` is empty, the clean check passes and staging it leaves nothing to commit."""
+    pytest.importorskip("nbstripout")
+    repo, notebook = _repo_with_notebook(tmp_path, git_filter=True)
+    _run_in_jupyterlab(notebook)
+    assert "output of cell 1" in notebook.read_text()  # the student still sees the outputs
+    assert check_notebooks.problems(notebook), "the working copy should have outputs"
+    found, checked = check_notebooks.committed_problems(notebook)
+    assert found == [] and "git filter" in checked
+    assert _git(repo, "diff") == ""  # (`git status` may list the file until it is staged: the size differs)
+    _git(repo, "add", "notebooks")
+    assert _git(repo, "status", "--porcelain") == ""  # nothing to commit
+    staged = _git(repo, "show", f":notebooks/{notebook.name}")
+    assert "output of cell" not in staged and "widget-state" not in staged
+    assert staged == NOTEBOOKS[0].read_text()  # byte for byte the committed source
+
+
+def test_without_the_filter_the_check_fails_and_says_how_to_fix_it(tmp_path, capsys):
+    repo, notebook = _repo_with_notebook(tmp_path, git_filter=False)
+    _run_in_jupyterlab(notebook)
+    found, checked = check_notebooks.committed_problems(notebook)
+    assert any("output" in line for line in found) and "no git filter" in checked
+    assert check_notebooks.main([str(notebook)]) == 1
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "make setup" in last_line and "--fix" in last_line
+    assert check_notebooks.main(["--fix", str(notebook)]) == 0
+    assert _git(repo, "status", "--porcelain") == ""  # --fix restored the committed source exactly
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
