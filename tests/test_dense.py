@@ -1,0 +1,226 @@
+"""Dense prediction: heads, segmentation models, metrics and the segmentation datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pixelvit.data.segmentation import (
+    SCRIBBLE_CLASSES,
+    SegmentationArrays,
+    SegmentationDataError,
+    SegmentationDataset,
+    generate_scribbles,
+    load_segmentation,
+    mosaic_from,
+)
+from pixelvit.dense import (
+    HEADS,
+    LinearHead,
+    confusion_matrix,
+    create_segmentation_model,
+    dense_features,
+    iou_per_class,
+    load_segmentation_model,
+    mean_iou,
+    pixel_accuracy,
+)
+
+TINY = dict(embed_dim=32, depth=2)  # tiny backbones keep these tests fast on CPU
+TINY_ARGS = {"vit": dict(TINY, num_heads=2), "adventurer": dict(TINY, d_state=8, headdim=16, chunk_size=16)}
+
+
+def tiny_model(backbone: str, head: str, patch_size: int, img_size: int = 16, num_classes: int = 6):
+    torch.manual_seed(0)
+    return create_segmentation_model(f"{backbone}_micro_seg_{head}", img_size=img_size, patch_size=patch_size,
+                                     num_classes=num_classes, **TINY_ARGS[backbone])
+
+
+# ---- heads and models -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", ["vit", "adventurer"])
+@pytest.mark.parametrize("head", sorted(HEADS))
+@pytest.mark.parametrize("patch_size", [8, 4, 2, 1])
+def test_logits_have_one_score_per_class_and_pixel(backbone, head, patch_size):
+    model = tiny_model(backbone, head, patch_size)
+    logits = model(torch.randn(2, 3, 16, 16))
+    assert logits.shape == (2, 6, 16, 16)
+    logits.sum().backward()  # every parameter of the head gets a gradient
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_decoder_handles_a_patch_size_that_is_not_a_power_of_two():
+    model = create_segmentation_model("vit_micro_seg_decoder", img_size=12, patch_size=3, num_classes=4,
+                                      **TINY_ARGS["vit"])
+    assert model(torch.randn(1, 3, 12, 12)).shape == (1, 4, 12, 12)
+
+
+@pytest.mark.parametrize("backbone", ["vit", "adventurer"])
+def test_linear_head_at_patch_1_is_a_1x1_convolution_over_the_token_grid(backbone):
+    model = tiny_model(backbone, "linear", patch_size=1).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        grid = dense_features(model.backbone, images)[-1]  # (B, D, 16, 16)
+        weight = model.head.proj.weight[:, :, None, None]  # (classes, D, 1, 1): the same numbers as a conv kernel
+        reference = F.conv2d(grid, weight, model.head.proj.bias)
+        torch.testing.assert_close(model(images), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_head_at_patch_p_paints_each_patch_from_its_own_token():
+    """Pixel (i*p + a, j*p + b) comes from token (i, j) only: torch's conv 1x1 + pixel_shuffle as reference."""
+    torch.manual_seed(0)
+    head = LinearHead(embed_dim=8, num_classes=3, patch_size=4)
+    grid = torch.randn(2, 8, 3, 5)  # a non-square token grid
+    reference = F.pixel_shuffle(F.conv2d(grid, head.proj.weight[:, :, None, None], head.proj.bias), 4)
+    torch.testing.assert_close(head([grid]), reference)
+    assert head([grid]).shape == (2, 3, 12, 20)
+
+
+def test_bilinear_head_equals_linear_then_bilinear_upsampling():
+    torch.manual_seed(0)
+    head = LinearHead(embed_dim=8, num_classes=3, patch_size=4, upsample="bilinear")
+    grid = torch.randn(1, 8, 4, 4)
+    coarse = F.conv2d(grid, head.proj.weight[:, :, None, None], head.proj.bias)  # (1, 3, 4, 4)
+    torch.testing.assert_close(head([grid]), F.interpolate(coarse, scale_factor=4, mode="bilinear"))
+
+
+def test_dense_features_drop_the_class_token_wherever_the_model_keeps_it():
+    """ViT keeps its class token first, Adventurer last: the grid must hold the N patch tokens, in raster order."""
+    for backbone in ("vit", "adventurer"):
+        model = tiny_model(backbone, "linear", patch_size=4).eval()
+        images = torch.randn(1, 3, 16, 16)
+        with torch.no_grad():
+            tokens = model.backbone.forward_features(images)  # (1, N+1, D), final norm applied
+            grid = dense_features(model.backbone, images)[-1]  # (1, D, 4, 4)
+        patches = tokens[:, 1:] if backbone == "vit" else tokens[:, :-1]
+        torch.testing.assert_close(grid.flatten(2).transpose(1, 2), patches)
+
+
+def test_segmentation_model_round_trips_through_a_model_folder(tmp_path):
+    from pixelvit.io import save_model
+
+    model = tiny_model("adventurer", "decoder", patch_size=2).eval()
+    save_model(model, tmp_path / "model")
+    again = load_segmentation_model(tmp_path / "model", chunk_size=16).eval()  # run-time settings are not saved
+    images = torch.randn(1, 3, 16, 16)
+    assert torch.equal(model(images), again(images))
+
+
+def test_unknown_segmentation_names_are_refused_with_the_valid_form():
+    with pytest.raises(ValueError, match="_seg_"):
+        create_segmentation_model("vit_nano")
+    with pytest.raises(ValueError, match="head"):
+        create_segmentation_model("vit_micro_seg_upernet")
+
+
+# ---- metrics ----------------------------------------------------------------------------------------
+
+
+def test_metrics_match_a_hand_count():
+    targets = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 0]])
+    predictions = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 0]])
+    confusion = confusion_matrix(predictions, targets, num_classes=4)
+    assert confusion.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+    # IoU: class 0: 2 / (3 + 3 - 2) = 0.5; class 1: 2 / (2 + 3 - 2) = 2/3; class 2: 2 / 3; class 3 absent
+    iou = iou_per_class(confusion)
+    assert iou[:3].tolist() == pytest.approx([0.5, 2 / 3, 2 / 3]) and torch.isnan(iou[3])
+    assert mean_iou(confusion) == pytest.approx(100 * (0.5 + 4 / 3) / 3)
+    assert pixel_accuracy(confusion) == pytest.approx(100 * 6 / 8)
+
+
+def test_confusion_matrix_refuses_maps_of_different_sizes():
+    with pytest.raises(ValueError, match="differ in shape"):
+        confusion_matrix(torch.zeros(2, 4, 4), torch.zeros(2, 4, 5), num_classes=3)
+
+
+# ---- datasets -------------------------------------------------------------------------------------
+
+
+def test_scribbles_are_deterministic_and_splits_differ():
+    a, b = generate_scribbles(40, 16, seed=0, stream=0), generate_scribbles(40, 16, seed=0, stream=0)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    other = generate_scribbles(40, 16, seed=0, stream=1)
+    assert not np.array_equal(a.masks, other.masks)
+    assert set(np.unique(a.masks)) == set(range(len(SCRIBBLE_CLASSES)))  # every class occurs
+
+
+def test_scribble_masks_align_with_their_images():
+    """Within one image every class has one colour (plus noise): rebuilding each image from its mask and the
+    per-class mean colours leaves only the noise. A mask shifted by one pixel against its image does not."""
+
+    def rebuild_error(image, mask):  # (H, W) mean |error| over the channels
+        palette = {c: image[mask == c].mean(0) for c in np.unique(mask)}
+        rebuilt = np.stack([palette[c] for c in mask.ravel()]).reshape(image.shape)
+        return np.abs(image - rebuilt).mean(-1)
+
+    data = generate_scribbles(30, 16)
+    for image, mask in zip(data.images.astype(float), data.masks):
+        shifted = np.roll(mask, 1, axis=1)
+        aligned = rebuild_error(image, mask)
+        assert aligned.mean() < 7  # pixel noise std 0.03 * 255 = 7.7 -> mean |error| about 6
+        moved = mask != shifted  # the pixels whose label the shift changes
+        assert rebuild_error(image, shifted)[moved].mean() > 3 * aligned[moved].mean()
+
+
+def test_scribbles_have_one_pixel_detail():
+    """Strokes and dots are thin: most of their pixels have other classes on both sides, across or along."""
+    masks = generate_scribbles(50, 16).masks
+    across = (masks != np.roll(masks, 1, axis=2)) & (masks != np.roll(masks, -1, axis=2))
+    along = (masks != np.roll(masks, 1, axis=1)) & (masks != np.roll(masks, -1, axis=1))
+    thin = across | along
+    for name in ("stroke", "dot"):
+        label = SCRIBBLE_CLASSES.index(name)
+        assert thin[masks == label].mean() > 0.5, name
+
+
+def test_mosaic_pixels_come_from_the_source_image_of_their_label():
+    """Sources filled with a colour that encodes their class: every mosaic pixel's colour must name its label."""
+    labels = np.repeat(np.arange(10), 5)
+    sources = np.broadcast_to((labels * 20 + 5).astype(np.uint8)[:, None, None, None], (50, 8, 8, 3)).copy()
+    mosaic = mosaic_from(sources, labels, [f"class{c}" for c in range(10)], count=64, seed=0)
+    assert np.array_equal(mosaic.images[..., 0] // 20, mosaic.masks)
+    pieces = [len(np.unique(m)) for m in mosaic.masks]
+    assert min(pieces) >= 1 and max(pieces) >= 3  # 2-3 pieces (a small piece may vanish at 8x8)
+    again = mosaic_from(sources, labels, [f"class{c}" for c in range(10)], count=64, seed=0)
+    assert np.array_equal(mosaic.images, again.images)
+
+
+def test_load_segmentation_caches_and_reloads_the_same_arrays(tmp_path):
+    first = load_segmentation("scribbles", "test", 16, root=tmp_path)
+    assert (tmp_path / "arrays" / "scribbles-v1-16px-test.npz").exists()
+    second = load_segmentation("scribbles", "test", 16, root=tmp_path)
+    assert np.array_equal(first.images, second.images) and np.array_equal(first.masks, second.masks)
+    assert len(first) == 1000 and first.classes == SCRIBBLE_CLASSES
+
+
+def test_mask_size_that_differs_from_the_image_is_refused():
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(SegmentationDataError, match="differs from image size"):
+        SegmentationArrays(images, np.zeros((2, 8, 7), np.uint8), ["a", "b"])
+
+
+def test_labels_outside_the_class_range_are_refused():
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[1, 3, 3] = 2
+    with pytest.raises(SegmentationDataError, match=r"valid labels 0\.\.1"):
+        SegmentationArrays(images, masks, ["a", "b"])
+
+
+def test_flip_moves_image_and_mask_together_and_is_reproducible():
+    data = generate_scribbles(20, 16)
+    dataset = SegmentationDataset(data, "flip", seed=3)
+    flipped = 0
+    for index in range(20):
+        image, mask = dataset[(index, 1)]
+        assert image.shape == (3, 16, 16) and mask.shape == (16, 16) and mask.dtype == torch.int64
+        if not np.array_equal(mask.numpy(), data.masks[index]):
+            flipped += 1
+            assert np.array_equal(mask.numpy(), data.masks[index][:, ::-1])
+            assert np.array_equal(image.permute(1, 2, 0).numpy(), data.images[index][:, ::-1])
+        again_image, again_mask = dataset[(index, 1)]
+        assert torch.equal(image, again_image) and torch.equal(mask, again_mask)
+    assert 0 < flipped < 20
