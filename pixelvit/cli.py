@@ -7,12 +7,33 @@
 
 Each subcommand lives in its own module with a `main(argv) -> int`; they are imported only when
 used, so `pixelvit costs` does not pay for importing the training stack.
+
+A mistake in the command line, or in the files it names, is a `UserError`: `report_user_errors`
+prints it as one line (`pixelvit train: error: ...`) and returns a non-zero exit code, without a
+traceback (`--debug` shows the traceback).
 """
 
 from __future__ import annotations
 
 import sys
 from importlib import import_module
+
+
+class UserError(Exception):
+    """Something the user can fix (an argument, a missing file, a diverged run): one line, no traceback."""
+
+    exit_code = 2
+
+
+def report_user_errors(prog: str, body, debug: bool = False) -> int:
+    """`body()`'s exit code; a UserError is printed as one line on stderr and becomes its exit code."""
+    try:
+        return int(body() or 0)
+    except UserError as error:
+        if debug:
+            raise
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
 
 SUBCOMMANDS = {
     "costs": ("pixelvit.costs", "tokens, FLOPs and memory per patch size (table + plot)"),

@@ -136,18 +136,29 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
+class NonFiniteWeights(ValueError):
+    """A model with NaN or infinite weights was about to be saved; nothing was written."""
+
+
 def save_model(model, directory, extra: dict | None = None) -> Path:
     """Write `model` as safetensors weights + JSON config into `directory`, each file atomically.
 
     The weights are written first and the config last, so a directory with a config.json always has
     the weights that belong to it. `extra` (e.g. training step, accuracy) is stored in the JSON.
+    Weights that are NaN or infinite raise NonFiniteWeights before anything is written: no file
+    pixelvit writes holds them.
     """
     import dataclasses
 
+    import torch
     from safetensors.torch import save as safetensors_bytes
 
     directory = Path(directory)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise NonFiniteWeights(f"not saving {directory}: {len(bad)} weight tensors hold NaN or inf "
+                               f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     with atomic_write(directory / WEIGHTS_NAME) as handle:
         handle.write(safetensors_bytes(state))
     from pixelvit import __version__
@@ -162,10 +173,8 @@ def save_model(model, directory, extra: dict | None = None) -> Path:
     return directory
 
 
-def read_model_files(directory) -> tuple[dict, dict]:
-    """Return (meta, state_dict) from a directory written by `save_model`."""
-    from safetensors.torch import load_file
-
+def read_model_config(directory) -> dict:
+    """The JSON half of a directory written by `save_model` (arch, config, extras), weights not read."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     missing = [str(p) for p in (config_path, weights_path) if not p.exists()]
@@ -174,8 +183,15 @@ def read_model_files(directory) -> tuple[dict, dict]:
             f"{directory} is not a pixelvit model directory: missing {', '.join(missing)}. "
             "Such a directory is written by pixelvit.io.save_model (and by `pixelvit train`)."
         )
-    meta = json.loads(config_path.read_text())
-    return meta, load_file(str(weights_path))
+    return json.loads(config_path.read_text())
+
+
+def read_model_files(directory) -> tuple[dict, dict]:
+    """Return (meta, state_dict) from a directory written by `save_model`."""
+    from safetensors.torch import load_file
+
+    meta = read_model_config(directory)
+    return meta, load_file(str(Path(directory) / WEIGHTS_NAME))
 
 
 def new_figure(**kwargs):

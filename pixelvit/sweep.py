@@ -26,8 +26,19 @@ import sys
 import time
 from pathlib import Path
 
-from pixelvit.io import atomic_write, atomic_write_json, new_figure
-from pixelvit.train import TrainConfig, parse_value, train
+from pixelvit.catalog import CATALOG
+from pixelvit.cli import report_user_errors
+from pixelvit.costs import estimate
+from pixelvit.io import atomic_write, atomic_write_json, read_model_files
+from pixelvit.models import model_from_config
+from pixelvit.train import (
+    TrainConfig,
+    check_config,
+    config_from_args,
+    parse_model_args,
+    recipe_arguments,
+    train,
+)
 
 # The default sweep: what `pixelvit sweep` with no arguments runs (and the README's main job).
 # A vit_micro slimmed to 64 wide x 4 deep so that patch size 1 (257 tokens) trains in ~2 minutes on
@@ -61,8 +72,6 @@ def paper_reference() -> list[dict]:
     paper's Table 1; those numbers are not in our sources yet (PAPER_VIT_TOP1 below stays empty, so
     nothing is drawn for ViT rather than something unverified).
     """
-    from pixelvit.catalog import CATALOG
-
     rows = [
         {"model": f"Adventurer-{entry.model.split('_')[1].capitalize()}", "patch_size": entry.patch_size,
          "top1": entry.top1, "source": entry.source}
@@ -89,30 +98,14 @@ def grid(base: TrainConfig, models: list[str], patch_sizes: list[int], seeds: li
             for model in models for seed in seeds for patch in patch_sizes]
 
 
-def forward_gflops(run_dir: Path) -> tuple[float, str]:
-    """Forward GFLOPs per image of a finished run's model: pixelvit.costs if it can, else measured."""
-    from pixelvit.io import read_model_files
-    from pixelvit.models import model_from_config
-
+def forward_gflops(run_dir: Path) -> float:
+    """Forward GFLOPs per image of a finished run's model, from pixelvit.costs (attention included)."""
     meta, _ = read_model_files(run_dir / "model")
-    model = model_from_config(meta["arch"], meta["config"])
-    try:
-        from pixelvit.costs import estimate
-
-        return float(estimate(model)["gflops"]), "pixelvit.costs"
-    except Exception:  # a config pixelvit.costs has no formula for: count a real forward pass instead
-        import torch
-        from torch.utils.flop_counter import FlopCounterMode
-
-        size = model.config.img_size
-        height, width = (size, size) if isinstance(size, int) else size
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(1, model.config.in_chans, height, width))
-        return counter.get_total_flops() / 1e9, "FlopCounterMode"
+    return float(estimate(model_from_config(meta["arch"], meta["config"]))["gflops"])
 
 
 def result_row(config: TrainConfig, result) -> dict:
-    gflops, source = forward_gflops(Path(result.run_dir))
+    gflops = forward_gflops(Path(result.run_dir))
     meta_img = result.config.get("img_size")
     return {
         "model": config.model, "dataset": config.dataset, "img_size": meta_img,
@@ -123,7 +116,7 @@ def result_row(config: TrainConfig, result) -> dict:
         "steps": result.steps, "batch_size": config.batch_size, "seed": config.seed,
         "top1": round(result.top1, 3), "eval_loss": round(result.eval_loss, 5),
         "wall_s": round(result.wall_s, 2), "images_per_s": round(result.images_per_s, 1),
-        "device": result.device, "gflops_source": source, "run_dir": result.run_dir, "cached": result.cached,
+        "device": result.device, "gflops_source": "pixelvit.costs", "run_dir": result.run_dir, "cached": result.cached,
     }
 
 
@@ -152,66 +145,20 @@ def write_csv(rows: list[dict], path) -> Path:
     return Path(path)
 
 
-def read_csv(path) -> list[dict]:
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
-
-
 # ---------------------------------------------------------------------------------------------
 # The figure
 # ---------------------------------------------------------------------------------------------
 def plot(rows: list[dict], path, paper: bool = False):
-    """Top-1 vs patch size (smaller patches to the right) and vs training compute; optional paper panel."""
-    import pandas as pd
-    import seaborn as sns
+    """Top-1 vs patch size and vs training compute, with a chance line; the paper's panel with `paper`.
 
-    frame = pd.DataFrame(rows)
-    for column in ("patch_size", "top1", "train_tflops", "tokens", "img_size"):
-        frame[column] = pd.to_numeric(frame[column])
-    frame["label"] = frame["model"] + " " + frame["dataset"] + " " + frame["img_size"].astype(str) + "px"
-    reference = pd.DataFrame(paper_reference()) if paper else pd.DataFrame()
-    panels = 3 if len(reference) else 2
+    The figure itself is pixelvit.viz.sweep_figure; this writes it as a PNG.
+    """
+    from pixelvit.viz import sweep_figure
 
-    sns.set_theme(style="whitegrid", context="notebook")
-    figure = new_figure(figsize=(5.2 * panels, 4.2))
-    axes = figure.subplots(1, panels, squeeze=False)[0]
-    errorbar = "sd" if frame.groupby(["label", "patch_size"]).size().max() > 1 else None
-
-    sns.lineplot(frame, x="patch_size", y="top1", hue="label", marker="o", errorbar=errorbar, ax=axes[0])
-    axes[0].set_xscale("log", base=2)
-    patch_sizes = sorted(frame["patch_size"].unique())
-    axes[0].set_xticks(patch_sizes, [f"{p}\n({int(frame[frame.patch_size == p].tokens.iloc[0])} tok)"
-                                     for p in patch_sizes])
-    axes[0].invert_xaxis()  # smaller patches (more tokens) to the right
-    axes[0].set(xlabel="patch size (tokens per image)", ylabel="test top-1 (%)", title="Accuracy vs patch size")
-    axes[0].legend(title=None)
-
-    sns.lineplot(frame, x="train_tflops", y="top1", hue="label", marker="o", errorbar=errorbar, ax=axes[1],
-                 legend=False)
-    axes[1].set_xscale("log")
-    for _, row in frame.groupby(["label", "patch_size"], as_index=False).mean(numeric_only=True).iterrows():
-        axes[1].annotate(f"p{int(row.patch_size)}", (row.train_tflops, row.top1), textcoords="offset points",
-                         xytext=(4, -12), fontsize=9)
-    axes[1].set(xlabel="training compute (TFLOPs = 3 x forward FLOPs x images seen)", ylabel="test top-1 (%)",
-                title="Accuracy vs compute")
-
-    if panels == 3:
-        sns.lineplot(reference, x="patch_size", y="top1", hue="model", marker="s", linestyle="--", ax=axes[2])
-        axes[2].set_xscale("log", base=2)
-        ticks = sorted(reference["patch_size"].unique())
-        axes[2].set_xticks(ticks, [str(t) for t in ticks])
-        axes[2].invert_xaxis()
-        axes[2].set(xlabel="patch size", ylabel="ImageNet-1k top-1 (%)",
-                    title="Paper (Wang et al. 2025), 224 px\nreported by the authors, not measured here")
-    steps = sorted(frame["steps"].astype(int).unique())
-    seeds = frame.groupby(["label", "patch_size"]).size().max()
-    spread = f"; mean and band of +-1 sd over {seeds} seeds" if seeds > 1 else ""
-    figure.suptitle(f"pixelvit sweep: same {'/'.join(map(str, steps))} training steps for every patch size{spread}",
-                    fontsize=11)
-    figure.tight_layout()
+    figure = sweep_figure(rows, paper_reference() if paper else None)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
+        figure.savefig(handle, format="png", dpi=110)
     return Path(path)
 
 
@@ -229,59 +176,38 @@ def format_table(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULT_SWEEP
     p = argparse.ArgumentParser(prog="pixelvit sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                parents=[recipe_arguments()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.set_defaults(steps=d["steps"], batch_size=d["batch_size"], lr=d["lr"], dataset=d["dataset"])
     p.add_argument("--model", dest="models", nargs="+", default=None,
-                   help=f"default: {' '.join(d['models'])} (slimmed, see --model-arg)")
-    p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
-                   help="model config override (repeatable); default with no --model: "
-                        + " ".join(f"{k}={v}" for k, v in d["model_args"].items()))
-    p.add_argument("--dataset", default=d["dataset"])
-    p.add_argument("--img-size", type=int, default=None, help=f"default: {d['img_size']} for specks, else native")
+                   help=f"default: {' '.join(d['models'])} (slimmed: "
+                        + " ".join(f"{k}={v}" for k, v in d["model_args"].items()) + ", unless --model-arg is given)")
     p.add_argument("--patch-sizes", type=int, nargs="+", default=d["patch_sizes"])
-    p.add_argument("--steps", type=int, default=d["steps"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--seeds", type=int, nargs="+", default=d["seeds"])
-    p.add_argument("--ema-decay", type=float, default=0.0)
-    p.add_argument("--aug", dest="augmentation", default=None, choices=["none", "light", "timm"])
-    p.add_argument("--train-samples", type=int, default=None)
-    p.add_argument("--eval-samples", type=int, default=None)
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help=f"sweep folder (default {d['out']} for the default sweep, "
                                                 "else runs/sweeps/<model>-<dataset>-<size>px)")
-    p.add_argument("--runs-dir", default="runs", help="where the individual runs go (shared by sweeps)")
-    p.add_argument("--data-root", default=None)
     p.add_argument("--paper", action="store_true", help="add a panel with the paper's ImageNet numbers")
-    p.add_argument("--quiet", action="store_true")
     return p
 
 
 def configs_from_args(args) -> tuple[list[TrainConfig], Path]:
+    """Every run of the sweep (checked before any is trained) and the sweep folder."""
     d = DEFAULT_SWEEP
-    use_default_model = args.models is None
-    if use_default_model:
-        args.models = list(d["models"])
-    if args.model_arg is None:  # the default slimming only applies when no --model was given
-        model_args = dict(d["model_args"]) if use_default_model else {}
-    else:
-        model_args = {k.replace("-", "_"): parse_value(v) for k, _, v in (a.partition("=") for a in args.model_arg)}
+    models = args.models or list(d["models"])
+    # the default slimming applies only to the default model, and only without --model-arg
+    model_args = parse_model_args(args.model_arg) if args.models or args.model_arg else dict(d["model_args"])
     img_size = args.img_size or (d["img_size"] if args.dataset == "specks" else None)
-    base = TrainConfig(
-        dataset=args.dataset, img_size=img_size, model_args=model_args, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, augmentation=args.augmentation,
-        train_samples=args.train_samples, eval_samples=args.eval_samples, device=args.device,
-        runs_dir=args.runs_dir, data_root=args.data_root,
-    )
-    configs = grid(base, args.models, args.patch_sizes, args.seeds)
-    is_default = all(getattr(args, k) == d[k] for k in ("models", "dataset", "patch_sizes", "steps", "seeds"))
-    out = args.out or (d["out"] if is_default and model_args == d["model_args"]
-                       else f"runs/sweeps/{'+'.join(args.models)}-{args.dataset.replace(':', '_').replace('/', '_')}"
-                            f"-{img_size or 'native'}px")
+    base = config_from_args(args, model=models[0], model_args=model_args, img_size=img_size, out=None)
+    configs = grid(base, models, args.patch_sizes, args.seeds)
+    for config in configs:
+        check_config(config)  # a bad model, dataset or patch size stops the sweep before any training
+    is_default = (models, args.dataset, args.patch_sizes, args.steps, args.seeds, model_args) == \
+        (d["models"], d["dataset"], d["patch_sizes"], d["steps"], d["seeds"], d["model_args"])
+    dataset = args.dataset.replace(":", "_").replace("/", "_")
+    out = args.out or (d["out"] if is_default else f"runs/sweeps/{'+'.join(models)}-{dataset}-{img_size or 'native'}px")
     return configs, Path(out)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(args) -> int:
     configs, out = configs_from_args(args)
     started = time.perf_counter()
     rows = run_sweep(configs, out, progress=not args.quiet, paper=args.paper)
@@ -289,6 +215,11 @@ def main(argv=None) -> int:
     print(f"sweep: {len(rows)} runs in {time.perf_counter() - started:.1f} s -> {out / 'results.csv'}, "
           f"{out / 'sweep.png'}")
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return report_user_errors("pixelvit sweep", lambda: run_command(args), debug=args.debug)
 
 
 if __name__ == "__main__":

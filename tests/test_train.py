@@ -19,15 +19,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pixelvit.runs import RunDirConflict, latest_checkpoint
 from pixelvit.train import (
-    RunDirConflict,
     Stage,
     TrainConfig,
     TrainingDiverged,
     build_parser,
     config_from_args,
     config_hash,
-    latest_checkpoint,
     main,
     run_dir_of,
     train,
@@ -99,9 +98,9 @@ def test_checkpoint_state_loads_with_weights_only_and_nan_stops_the_run(data_roo
     with pytest.raises(TrainingDiverged) as error:
         train(config, progress=False)
     message = str(error.value)
-    assert "at step" in message and "last good checkpoint" in message
+    assert "at step" in message and "last good weights" in message
     folder = latest_checkpoint(run_dir_of(config))
-    assert folder is not None and str(folder) in message
+    assert folder is not None and f"--init-from {folder}" in message
     state = torch.load(folder / "trainer_state.pt", weights_only=True)  # no pickled code needed
     assert {"optimizer", "scheduler", "rng_by_rank", "step", "epoch", "batch_in_epoch"} <= set(state)
     failed_at = int(message.split("at step ")[1].split()[0])

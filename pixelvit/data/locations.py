@@ -19,11 +19,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from pixelvit.cli import UserError
+
 DEFAULT_ROOT = "~/.cache/pixelvit"
 REPO_ROOT = Path(__file__).resolve().parents[2]  # pixelvit/data/locations.py -> repository root
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset is not where pixelvit looked; the message says where it looked and how to get it."""
 
 

@@ -1,0 +1,218 @@
+"""What a run learns. `pixelvit.train.train` is one loop for every task; the task supplies the rest.
+
+    TASKS["classification"]   one label per image: cross-entropy (+ Mixup/CutMix), top-1 accuracy
+
+A task answers six questions (`Task` below; ClassificationTask is the worked example):
+
+    problems(config)                -> list[str]   what is wrong with the config, checked before any data work
+    native_img_size(dataset)        -> int         the image size when --img-size is not given
+    build_data(config, img_size, progress) -> TaskData
+                                                   train_set[(index, epoch)] and test_set[index] give
+                                                   (uint8 image (3, H, W), target); epoch seeds augmentation
+    build_model(config, data)       -> nn.Module   images (B, 3, H, W) -> outputs
+    batch_mixer(config, data)       -> callable | None   (images, targets) -> (images, targets), training only
+    criterion(config, mixing)       -> callable    (outputs as float32, targets) -> scalar loss
+    eval_sums(outputs, targets)     -> list[float] sums over one test batch (added over batches and processes)
+    summarize(sums)                 -> dict        the test metrics from those sums: "eval_loss" and `metric`
+
+A new task is a subclass registered under its name in TASKS (`TrainConfig.task` selects it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import Dataset
+
+from pixelvit.data import (
+    AUGMENTATIONS,
+    ArrayImageDataset,
+    default_augmentation,
+    default_img_size,
+    list_datasets,
+    load_split,
+    train_transform,
+)
+from pixelvit.io import read_model_config, read_model_files, sha256_file
+from pixelvit.models import ARCHS, MODELS, RUNTIME_ARGS, get_config, merge_overrides, model_from_config
+from pixelvit.resample import resize_model
+
+if TYPE_CHECKING:
+    from pixelvit.train import TrainConfig
+
+
+@dataclass
+class TaskData:
+    train_set: Dataset  # [(index, epoch)] -> (uint8 image (3, H, W), target); augmentation seeded by (seed, epoch, index)
+    test_set: Dataset  # [index] -> (uint8 image (3, H, W), target)
+    num_classes: int
+    img_size: int
+    record: dict  # what run.json should say about the data, e.g. {"augmentation": "light"}
+
+
+class Task:
+    """The interface train() relies on; see the module docstring."""
+
+    name = ""
+    metric = ""  # the headline test metric summarize() returns ("top1" for classification)
+
+    def problems(self, config: TrainConfig) -> list[str]:
+        return []
+
+    def native_img_size(self, dataset: str) -> int:
+        raise NotImplementedError
+
+    def build_data(self, config: TrainConfig, img_size: int, progress: bool) -> TaskData:
+        raise NotImplementedError
+
+    def build_model(self, config: TrainConfig, data: TaskData) -> nn.Module:
+        return build_model(config, data.num_classes, data.img_size)
+
+    def batch_mixer(self, config: TrainConfig, data: TaskData):
+        return None
+
+    def criterion(self, config: TrainConfig, mixing: bool):
+        raise NotImplementedError
+
+    def eval_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> list[float]:
+        raise NotImplementedError
+
+    def summarize(self, sums: list[float]) -> dict:
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """One label per image (pixelvit.data's datasets): label-smoothed cross-entropy, Mixup/CutMix, top-1."""
+
+    name = "classification"
+    metric = "top1"
+
+    def problems(self, config):
+        known = [name for name in list_datasets() if not name.startswith("folder:")]
+        folder = config.dataset.removeprefix("folder:") if config.dataset.startswith("folder:") else None
+        problems = []
+        if folder is None and config.dataset not in known:
+            problems.append(f"unknown dataset {config.dataset!r}: use one of {', '.join(known)} or folder:<path>")
+        if folder is not None and not Path(folder).expanduser().is_dir():
+            problems.append(f"dataset folder {folder!r} does not exist: give folder:<a folder of class folders>")
+        if config.augmentation is not None and config.augmentation not in AUGMENTATIONS:
+            problems.append(f"unknown augmentation {config.augmentation!r}: use one of {', '.join(AUGMENTATIONS)}")
+        return problems
+
+    def native_img_size(self, dataset):
+        return default_img_size(dataset)
+
+    def build_data(self, config, img_size, progress):
+        train = load_split(config.dataset, "train", img_size, config.data_root, progress=progress)
+        test = load_split(config.dataset, "test", img_size, config.data_root, progress=progress)
+        train, test = train.subset(config.train_samples), test.subset(config.eval_samples)
+        augmentation = config.augmentation or default_augmentation(config.dataset)
+        return TaskData(
+            train_set=ArrayImageDataset(train, train_transform(augmentation, img_size), seed=config.seed),
+            test_set=ArrayImageDataset(test), num_classes=train.num_classes, img_size=img_size,
+            record={"augmentation": augmentation},
+        )
+
+    def batch_mixer(self, config, data):
+        # timm's Mixup draws from numpy's global generator, which train() seeds and every checkpoint saves
+        if not (config.mixup or config.cutmix):
+            return None
+        return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.label_smoothing,
+                     num_classes=data.num_classes)
+
+    def criterion(self, config, mixing):
+        if mixing:  # Mixup's targets are soft (and already smoothed)
+            return SoftTargetCrossEntropy()
+        return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def eval_sums(self, outputs, targets):
+        # test loss without label smoothing; outputs (B, num_classes), targets (B,)
+        loss = F.cross_entropy(outputs, targets, reduction="sum").item()
+        correct = (outputs.argmax(dim=1) == targets).sum().item()
+        return [loss, correct, targets.numel()]
+
+    def summarize(self, sums):
+        loss, correct, count = sums
+        return {"eval_loss": loss / count, "top1": 100.0 * correct / count, "eval_images": int(count)}
+
+
+# name -> a Task, or "module:attribute" of one (imported on first use, so optional tasks cost nothing)
+TASKS: dict[str, Task | str] = {"classification": ClassificationTask()}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+    task = TASKS[name]
+    if isinstance(task, str):
+        module, _, attribute = task.partition(":")
+        task = TASKS[name] = getattr(import_module(module), attribute)()
+    return task
+
+
+# ---------------------------------------------------------------------------------------------
+# The model a run trains: a named model with overrides, or the weights of an earlier run
+# ---------------------------------------------------------------------------------------------
+
+
+def model_spec(config: TrainConfig, img_size: int) -> tuple[str, dict, dict]:
+    """(arch, every config field, run-time settings) of the model `config` trains at `img_size`.
+
+    ValueError if that model cannot exist. A named model's defaults are filled in, so patch_size=None
+    and the model's own patch size give the same fields (and the same run hash). With init_from, the
+    fields are that model's, with this run's overrides. Run-time settings (pixelvit.models.RUNTIME_ARGS,
+    e.g. chunk_size) may come in --model-arg too; they are not architecture.
+    """
+    if config.init_from is None:
+        arch, saved = MODELS[config.model][0] if config.model in MODELS else None, {}
+    else:
+        meta = read_model_config(config.init_from)
+        arch, saved = meta["arch"], meta["config"]
+    runtime = {k: v for k, v in config.model_args.items() if arch and k in RUNTIME_ARGS[arch]}
+    overrides = merge_overrides({"img_size": img_size, "patch_size": config.patch_size,
+                                 "drop_path_rate": config.drop_path or None},
+                                {k: v for k, v in config.model_args.items() if k not in runtime})
+    if config.init_from is None:
+        return arch, dataclasses.asdict(get_config(config.model, **overrides)), runtime  # ValueError: unknown
+    config_class = ARCHS[arch][0]
+    known = {f.name for f in dataclasses.fields(config_class)}
+    try:
+        fields = config_class(**{k: v for k, v in saved.items() if k in known})
+        fields = dataclasses.replace(fields, **overrides)
+    except TypeError as error:  # a field the architecture does not have
+        raise ValueError(f"{config_class.__name__}: {error}") from None
+    return arch, dataclasses.asdict(fields), runtime
+
+
+def init_from_digest(path) -> str:
+    """sha256 of the weights in a model folder: what init_from contributes to the run hash."""
+    return sha256_file(Path(path) / "model.safetensors")
+
+
+def build_model(config: TrainConfig, num_classes: int, img_size: int) -> nn.Module:
+    """A fresh model, or init_from's weights resized to this run's image/patch size (multi-stage training).
+
+    A fresh model draws its initial weights from torch's global generator: train() seeds it first.
+    """
+    arch, fields, runtime = model_spec(config, img_size)
+    if config.init_from is None:
+        return model_from_config(arch, {**fields, "num_classes": num_classes}, **runtime)
+    meta, state = read_model_files(config.init_from)
+    saved_grid = {key: meta["config"][key] for key in ("img_size", "patch_size")}
+    model = model_from_config(arch, {**fields, **saved_grid}, **runtime)
+    model.load_state_dict(state)
+    if model.config.num_classes != num_classes:
+        raise ValueError(f"{config.init_from} has {model.config.num_classes} classes, "
+                         f"{config.dataset} has {num_classes}")
+    if (model.config.img_size, model.config.patch_size) != (img_size, fields["patch_size"]):
+        model = resize_model(model, img_size=img_size, patch_size=fields["patch_size"])  # embeddings resampled
+    return model
