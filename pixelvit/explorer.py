@@ -153,7 +153,7 @@ def view_figure(view: View):
     """Left: the image with its patch grid. Middle: a 32 x 32 zoom. Right: this patch size on the cost curve."""
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(11, 3.5), gridspec_kw={"width_ratios": [1, 1, 1.25]})
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.4]})
     size, p = view.img_size, view.patch_size
     zoom = min(32, size)
     top, left = viz.zoom_box(view.image_name, size, zoom)
@@ -162,18 +162,7 @@ def view_figure(view: View):
     axes[0].set_title(f"{view.image_name}, {size}x{size}, patch {p}x{p}", fontsize=10)
     viz.draw_patch_grid(axes[1], view.image, p, box=(top, left, zoom, zoom), linewidth=1.0)
     axes[1].set_title(f"zoom: {zoom}x{zoom} pixels", fontsize=10)
-    sizes = [row["patch_size"] for row in view.curve]
-    ax = axes[2]
-    ax.plot(sizes, [row["gflops"] for row in view.curve], "o-", color="C0", label="forward GFLOPs")
-    ax.plot(sizes, [row["activation_mb"] / 1e3 for row in view.curve], "s-", color="C1", label="train GB / image")
-    ax.plot([p], [view.costs["gflops"]], "o", ms=13, mfc="none", mec="red", mew=2)
-    ax.plot([p], [view.costs["activation_mb"] / 1e3], "s", ms=13, mfc="none", mec="red", mew=2)
-    ax.set(xscale="log", yscale="log", xlabel="patch size", title=f"{view.tokens:,} tokens")
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.minorticks_off()
-    ax.invert_xaxis()
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    viz.cost_curve_axes(axes[2], view.curve, p)  # GFLOPs and GB, each on its own labelled axis
     figure.tight_layout()
     return figure
 
@@ -184,7 +173,7 @@ def view_html(view: View) -> str:
     parts = [
         f"<div class='pixelvit-summary'><b>{html.escape(view.model)}</b> at {view.img_size}x{view.img_size}, "
         f"patch {view.patch_size}x{view.patch_size}: <b class='pixelvit-tokens'>{c['tokens']:,} tokens</b> "
-        f"&middot; {c['gflops']:,.1f} GFLOPs forward &middot; {c['activation_mb']:,.0f} MB training activations "
+        f"&middot; {c['gflops']:,.1f} GFLOPs forward &middot; {c['activation_mb'] / 1e3:,.2f} GB training activations "
         f"per image &middot; {c['params'] / 1e6:,.1f} M parameters</div>"
     ]
     if view.predictions:

@@ -370,3 +370,128 @@ def growth_figure(lengths, series: dict, guides: dict | None = None, title: str 
     ax.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+# ---------------------------------------------------------------------------------------------
+# the patch-size sweep (pixelvit.sweep writes it as sweep.png)
+# ---------------------------------------------------------------------------------------------
+# classes per dataset, for the chance line (100 / classes %); other datasets get no line
+CLASS_COUNTS = {"specks": 8, "cifar10": 10, "cifar10_jpeg": 10, "cifar100": 100}
+
+
+def _plain_log_ticks(axis) -> None:
+    """Log-axis ticks at 1, 2, 5 x 10^k written as plain numbers (matplotlib's minor labels overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def sweep_figure(rows: list[dict], reference: list[dict] | None = None):
+    """Test top-1 against patch size and against training compute, one line per model; a chance line.
+
+    rows: pixelvit.sweep result rows (model, dataset, img_size, patch_size, tokens, train_tflops, top1, steps;
+    several seeds per point draw the mean and a +-1 sd band). reference: the authors' ImageNet numbers
+    (sweep.paper_reference()), drawn in a separate, labelled panel below. Returns a bare Figure.
+    """
+    import pandas as pd
+    import seaborn as sns
+
+    from pixelvit.io import new_figure
+
+    frame = pd.DataFrame(rows)
+    for column in ("patch_size", "top1", "train_tflops", "tokens", "img_size", "steps"):
+        frame[column] = pd.to_numeric(frame[column])
+    frame["label"] = frame["model"] + ", " + frame["dataset"] + " " + frame["img_size"].astype(int).astype(str) + " px"
+    seeds = int(frame.groupby(["label", "patch_size"]).size().max())
+    errorbar = "sd" if seeds > 1 else None
+    with sns.axes_style("whitegrid"):
+        figure = new_figure(figsize=(11, 7.8 if reference else 4.6), layout="constrained")
+        if reference:  # the paper's panel below the measured ones: each panel half the page wide, not a third
+            axes = figure.subplot_mosaic([["patch", "compute"], ["paper", "paper"]], height_ratios=[1, 0.7])
+        else:
+            axes = figure.subplot_mosaic([["patch", "compute"]])
+    chance = {100 / CLASS_COUNTS[d] for d in frame["dataset"] if d in CLASS_COUNTS}
+
+    ax = axes["patch"]
+    sns.lineplot(frame, x="patch_size", y="top1", hue="label", marker="o", errorbar=errorbar, ax=ax)
+    ax.set_xscale("log", base=2)
+    sizes = sorted(frame["patch_size"].unique())
+    tokens = {p: int(frame[frame.patch_size == p].tokens.iloc[0]) for p in sizes}
+    ax.set_xticks(sizes, [f"{int(p)}\n({tokens[p]:,} tokens)" for p in sizes])
+    ax.minorticks_off()
+    ax.invert_xaxis()  # smaller patches (more tokens) to the right
+    ax.margins(x=0.08)
+    ax.set(xlabel="patch size (pixels per side)", ylabel="test top-1 (%)", title="Accuracy vs patch size")
+
+    ax = axes["compute"]
+    sns.lineplot(frame, x="train_tflops", y="top1", hue="label", marker="o", errorbar=errorbar, ax=ax, legend=False)
+    ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
+    ax.margins(x=0.12, y=0.1)  # room for the p-labels at both ends
+    means = frame.groupby(["label", "patch_size"], as_index=False).mean(numeric_only=True)
+    for _, row in means.iterrows():
+        ax.annotate(f"p{int(row.patch_size)}", (row.train_tflops, row.top1), textcoords="offset points",
+                    xytext=(0, 7), ha="center", fontsize=9)
+    ax.set(xlabel="training compute (TFLOPs: 3 x forward FLOPs x images seen)", ylabel="test top-1 (%)",
+           title="Accuracy vs training compute")
+
+    for level in sorted(chance):
+        for name in ("patch", "compute"):
+            axes[name].axhline(level, color="0.35", ls=":", lw=1.2, label=f"chance ({level:g}%)")
+    axes["patch"].legend(title=None, fontsize=9, loc="best")
+    if chance:
+        axes["compute"].legend(fontsize=9, loc="lower right")
+
+    if reference:
+        ax = axes["paper"]
+        paper = pd.DataFrame(reference)
+        sns.lineplot(paper, x="patch_size", y="top1", hue="model", marker="s", linestyle="--", ax=ax)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(paper["patch_size"].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.invert_xaxis()
+        ax.margins(x=0.05)
+        ax.set(xlabel="patch size (pixels per side), 224 x 224 images", ylabel="ImageNet-1k top-1 (%)",
+               title="The paper (Wang et al. 2025): as reported by the authors, not measured here")
+        ax.legend(title=None, fontsize=9)
+    steps = "/".join(str(s) for s in sorted(frame["steps"].astype(int).unique()))
+    spread = f"; mean and +-1 sd band over {seeds} seeds" if seeds > 1 else "; one seed"
+    figure.suptitle(f"pixelvit sweep: the same {steps} training steps at every patch size{spread}", fontsize=12)
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------
+# the explorer's cost panel
+# ---------------------------------------------------------------------------------------------
+def cost_curve_axes(ax, curve: list[dict], patch_size: int):
+    """Forward GFLOPs (left axis) and training memory in GB (right axis) per image against patch size.
+
+    curve: pixelvit.costs.cost_table rows; the current `patch_size` is circled. Two quantities with two
+    units get two labelled axes, never one shared unlabelled one. Returns the right-hand (memory) Axes.
+    """
+    sizes = [row["patch_size"] for row in curve]
+    row = next(r for r in curve if r["patch_size"] == patch_size)
+    memory = ax.twinx()
+    flops_line, = ax.plot(sizes, [r["gflops"] for r in curve], "o-", color="C0", label="forward GFLOPs")
+    memory_line, = memory.plot(sizes, [r["activation_mb"] / 1e3 for r in curve], "s--", color="C1",
+                               label="training memory (GB)")
+    ax.plot([patch_size], [row["gflops"]], "o", ms=13, mfc="none", mec="red", mew=2)
+    memory.plot([patch_size], [row["activation_mb"] / 1e3], "s", ms=13, mfc="none", mec="red", mew=2)
+    for axis, ylabel, color in ((ax, "forward GFLOPs / image", "C0"),
+                                (memory, "training activations (GB / image)", "C1")):
+        axis.set_yscale("log")
+        axis.set_ylabel(ylabel, color=color)
+        axis.tick_params(axis="y", colors=color)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.invert_xaxis()  # smaller patches (more tokens) to the right
+    ax.set(xlabel="patch size (pixels per side)", title=f"cost per image at patch {patch_size}: "
+           f"{row['tokens']:,} tokens")
+    ax.grid(True, alpha=0.3)
+    ax.legend([flops_line, memory_line], [flops_line.get_label(), memory_line.get_label()], fontsize=8,
+              loc="upper left")
+    return memory
