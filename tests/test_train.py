@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +17,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+import pixelvit.tasks
+import pixelvit.train
 from pixelvit.runs import RunDirConflict, latest_checkpoint
 from pixelvit.train import (
     Stage,
@@ -61,6 +66,22 @@ def weights(run_dir) -> dict:
     return load_file(str(Path(run_dir) / "model" / "model.safetensors"))
 
 
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def assert_no_non_finite_weights_on_disk(folder):
+    files = list(Path(folder).rglob("*.safetensors"))
+    for file in files:
+        assert all(torch.isfinite(t).all() for t in load_file(str(file)).values()), f"NaN or inf in {file}"
+    return files
+
+
+# every source of randomness the trainer has: drop path, augmentation, EMA (no randomness, but state), Mixup/CutMix
+RANDOM_RECIPE = dict(drop_path=0.1, augmentation="light", ema_decay=0.9, mixup=0.2, cutmix=1.0)
+RANDOM_RECIPE_ARGS = ["--drop-path", "0.1", "--aug", "light", "--ema-decay", "0.9", "--mixup", "0.2", "--cutmix", "1.0"]
+
+
 # ---------------------------------------------------------------------------------------------
 def test_run_records_config_metrics_and_is_reused(data_root, tmp_path):
     config = tiny(data_root, tmp_path, eval_every=6)
@@ -101,6 +122,8 @@ def test_checkpoint_state_loads_with_weights_only_and_nan_stops_the_run(data_roo
     assert "at step" in message and "last good weights" in message
     folder = latest_checkpoint(run_dir_of(config))
     assert folder is not None and f"--init-from {folder}" in message
+    # lr is in the run hash: "a lower --lr" means a new run, so the message must not promise a resume
+    assert "a new run with a lower --lr" in message and "resume" not in message
     state = torch.load(folder / "trainer_state.pt", weights_only=True)  # no pickled code needed
     assert {"optimizer", "scheduler", "rng_by_rank", "step", "epoch", "batch_in_epoch"} <= set(state)
     failed_at = int(message.split("at step ")[1].split()[0])
@@ -140,7 +163,7 @@ def test_killed_run_resumes_bit_identical(data_root, tmp_path):
     # 2,000 training images / 16 per batch = 125 steps an epoch; 150 steps cross an epoch boundary
     # after the resume. Patch 1 at 8x8 (65 tokens) makes a step slow enough to kill in flight.
     common = ["-m", "pixelvit.train", "--dataset", "specks", "--img-size", "8", "--patch-size", "1", *MICRO_ARGS,
-              "--steps", "150", "--batch-size", "16", "--train-samples", "2000", "--eval-samples", "64",
+              *RANDOM_RECIPE_ARGS, "--steps", "150", "--batch-size", "16", "--train-samples", "2000", "--eval-samples", "64",
               "--checkpoint-every", "10", "--lr", "2e-3", "--data-root", data_root, "--quiet"]
     env = subprocess_env(data_root)
     killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
@@ -256,3 +279,170 @@ def test_cli_stages(data_root, tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 2 and "17 tokens" in printed[1]
     assert len(list((tmp_path / "stages").iterdir())) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Same config, same weights: every generator seeded at the start of every run and stage
+# ---------------------------------------------------------------------------------------------
+def test_two_fresh_processes_with_mixup_and_cutmix_give_identical_weights(data_root, tmp_path):
+    """timm's Mixup draws from numpy's global generator: unseeded, two processes disagreed."""
+    common = ["-m", "pixelvit.train", "--dataset", "specks", "--img-size", "8", "--patch-size", "4", *MICRO_ARGS,
+              *RANDOM_RECIPE_ARGS, "--steps", "6", "--batch-size", "16", "--train-samples", "64",
+              "--eval-samples", "32", "--data-root", data_root, "--quiet"]
+    for name in ("first", "second"):
+        done = subprocess.run([sys.executable, *common, "--out", str(tmp_path / name)], env=subprocess_env(data_root),
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert same_weights(weights(tmp_path / "first"), weights(tmp_path / "second"))
+
+
+def test_stage_two_is_the_same_whether_stage_one_was_trained_or_loaded(data_root, tmp_path):
+    config = tiny(data_root, tmp_path, **RANDOM_RECIPE)
+    stages = [Stage(8, 3), Stage(16, 3)]
+    _, fresh = train_stages(config, stages, progress=False)  # stage 1 just trained
+    first = weights(fresh.run_dir)
+    shutil.rmtree(fresh.run_dir)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)  # whatever the process drew before
+    low, again = train_stages(config, stages, progress=False)  # stage 1 read from its folder
+    assert low.cached and not again.cached and again.run_dir == fresh.run_dir
+    assert same_weights(first, weights(again.run_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume with every source of randomness, with a negative control
+# ---------------------------------------------------------------------------------------------
+class Killed(Exception):
+    """Stands for SIGKILL in-process: raised right after a chosen checkpoint is written."""
+
+
+@pytest.mark.parametrize("killed_at", [3, 4], ids=["mid-epoch", "epoch-boundary"])  # 64 / 16 = 4 steps an epoch
+@pytest.mark.parametrize("restore", ["restored", "no-op"])
+def test_resume_with_drop_path_augmentation_ema_and_mixup(data_root, tmp_path, monkeypatch, killed_at, restore):
+    """A resumed run equals the uninterrupted one; with the random-state restore made a no-op it must
+    not (the negative control: this test can fail when the restore is broken)."""
+    config = tiny(data_root, tmp_path, steps=10, train_samples=64, checkpoint_every=3, **RANDOM_RECIPE)
+    reference = weights(train(replace(config, out=str(tmp_path / "reference")), progress=False).run_dir)
+
+    killed = replace(config, out=str(tmp_path / "killed"))
+    save_checkpoint = pixelvit.train.save_checkpoint
+
+    def save_then_die(run_dir, step, model, state):
+        save_checkpoint(run_dir, step, model, state)
+        if step == killed_at:
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pixelvit.train, "save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            train(killed, progress=False)
+    assert latest_checkpoint(Path(killed.out)).name == f"step_{killed_at:07d}"
+    if restore == "no-op":
+        monkeypatch.setattr(pixelvit.train, "set_random_state", lambda state: None)
+    resumed = train(killed, progress=False)
+    assert json.loads((Path(resumed.run_dir) / "run.json").read_text())["resumed_from_step"] == killed_at
+    assert same_weights(weights(resumed.run_dir), reference) == (restore == "restored")
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN stop: checked with clipping on and off, and never a non-finite weight on disk
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("clip_grad", [1.0, 0.0], ids=["clip", "no-clip"])
+def test_an_injected_nan_gradient_stops_before_the_update(data_root, tmp_path, monkeypatch, clip_grad):
+    """A NaN gradient with a finite loss (step 4 here). Unchecked without clipping, it was applied and
+    the next checkpoint, named as "the last good one", held NaN weights."""
+    build_model = pixelvit.tasks.build_model
+
+    def poisoned(config, num_classes, img_size):
+        model = build_model(config, num_classes, img_size)
+        calls = []
+
+        def nan_on_the_fourth_backward(grad):
+            calls.append(1)
+            return torch.full_like(grad, float("nan")) if len(calls) == 4 else grad
+
+        next(model.parameters()).register_hook(nan_on_the_fourth_backward)
+        return model
+
+    monkeypatch.setattr(pixelvit.tasks, "build_model", poisoned)
+    config = tiny(data_root, tmp_path, steps=8, clip_grad=clip_grad, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="the gradient norm is nan at step 4 "):
+        train(config, progress=False)
+    run_dir = run_dir_of(config)
+    last = latest_checkpoint(run_dir)
+    assert last.name == "step_0000003" and not (run_dir / "model").exists()
+    assert assert_no_non_finite_weights_on_disk(run_dir)
+    monkeypatch.undo()  # the advice in the message works: a new run from the last good weights trains on
+    again = train(replace(config, steps=2, init_from=str(last), out=str(tmp_path / "again")), progress=False)
+    assert again.steps == 2 and np.isfinite(again.eval_loss)
+
+
+def test_a_huge_lr_without_clipping_leaves_no_nan_or_inf_on_disk(data_root, tmp_path):
+    out = tmp_path / "huge_lr"
+    code = main(["--dataset", "specks", "--img-size", "8", "--patch-size", "4", *MICRO_ARGS, "--steps", "30",
+                 "--batch-size", "16", "--train-samples", "256", "--eval-samples", "32", "--lr", "3e4",
+                 "--warmup-steps", "0", "--clip-grad", "0", "--checkpoint-every", "1", "--data-root", data_root,
+                 "--out", str(out), "--quiet"])
+    assert code in (0, 3)
+    assert assert_no_non_finite_weights_on_disk(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run hash: "these exact weights would come out"
+# ---------------------------------------------------------------------------------------------
+def test_run_hash_keys_the_device_type_and_normalizes_the_model(data_root, tmp_path):
+    config = tiny(data_root, tmp_path)
+    assert config_hash(config, "cpu") != config_hash(config, "cuda")  # device="auto" on a CPU and on a GPU
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert config_hash(config) == config_hash(replace(config, device=here))
+    # the same model spelled two ways is one run: defaults left out or written out
+    assert config_hash(replace(config, patch_size=None)) == config_hash(config)  # vit_micro's patch size is 4
+    assert config_hash(replace(config, model_args={**MICRO, "mlp_ratio": 4.0})) == config_hash(config)
+    assert config_hash(replace(config, img_size=None)) == config_hash(replace(config, img_size=16))  # specks: 16
+    assert run_dir_of(replace(config, patch_size=None)) == run_dir_of(config)
+    assert config_hash(replace(config, model_args={**MICRO, "mlp_ratio": 2.0})) != config_hash(config)
+
+
+def test_run_hash_keys_init_from_by_content_not_path(data_root, tmp_path):
+    start = Path(train(tiny(data_root, tmp_path, steps=2), progress=False).run_dir) / "model"
+    copy = tmp_path / "copy_of_model"
+    shutil.copytree(start, copy)
+    config = tiny(data_root, tmp_path, img_size=16)
+    assert config_hash(replace(config, init_from=str(start))) == config_hash(replace(config, init_from=str(copy)))
+    state = load_file(str(copy / "model.safetensors"))
+    name = next(iter(state))
+    state[name] = state[name] + 1e-3
+    save_file(state, str(copy / "model.safetensors"))
+    assert config_hash(replace(config, init_from=str(start))) != config_hash(replace(config, init_from=str(copy)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, non-zero exit, no traceback, before any data work
+# ---------------------------------------------------------------------------------------------
+BAD_ARGUMENTS = {
+    "batch-larger-than-samples": (["--batch-size", "64", "--train-samples", "32"], "--train-samples 32 is fewer"),
+    "patch-does-not-divide": (["--patch-size", "5", "--img-size", "32"], "not divisible by patch size 5"),
+    "unknown-dataset": (["--dataset", "nonexistent"], "unknown dataset 'nonexistent'"),
+    "unknown-model": (["--model", "nonexistent"], "unknown model 'nonexistent'"),
+    "unknown-model-field": (["--model-arg", "widht=3"], "widht"),
+    "bad-stage": (["--stages", "16"], "IMG_SIZE:STEPS"),
+}
+
+
+@pytest.mark.parametrize("args, expected", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_bad_arguments_give_one_line_before_any_data_work(tmp_path, capsys, args, expected):
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    code = main([*args, "--data-root", str(data), "--runs-dir", str(runs), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("pixelvit train: error: ") and expected in err[0]
+    assert not data.exists() and not runs.exists()  # nothing was prepared
+
+
+def test_the_command_prints_no_traceback_and_debug_shows_one(tmp_path):
+    command = [sys.executable, "-m", "pixelvit.cli", "train", "--patch-size", "5", "--img-size", "32",
+               "--data-root", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")]
+    env = subprocess_env(str(tmp_path / "data"))
+    done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    debug = subprocess.run([*command, "--debug"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
