@@ -200,7 +200,9 @@ def run_dir_of(config: TrainConfig, digest: str | None = None) -> Path:
         return Path(config.out)
     img_size = config.img_size or get_task(config.task).native_img_size(config.dataset)
     patch_size = model_spec(config, img_size)[1]["patch_size"]
-    dataset = config.dataset.replace(":", "_").replace("/", "_")
+    # folder:<path> -> folder-<last folder name>: short enough for a progress bar (the hash tells runs apart)
+    kind, _, where = config.dataset.partition(":")
+    dataset = f"{kind}-{Path(where).name}" if where else kind
     name = f"{config.model}-{dataset}-{img_size}px-p{patch_size}-{config.steps}steps-{digest or config_hash(config)}"
     return Path(config.runs_dir) / name
 

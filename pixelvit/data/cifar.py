@@ -114,9 +114,18 @@ def read_split(folder, name: str, split: str) -> ImageArrays:
 
 
 def how_to_get(name: str, root=None) -> str:
+    from pixelvit.data.folders import SHARED_CIFAR10_ARCHIVE
+    from pixelvit.data.locations import shared_data_dir
+
     source = CIFAR[name]
+    # the course's copy of CIFAR-10 needs no internet: say so first, it is what a student offline wants
+    course_copy = ""
+    if name == "cifar10":
+        archive = shared_data_dir() / SHARED_CIFAR10_ARCHIVE
+        course_copy = (f"Offline, use the course's copy instead: --dataset cifar10_jpeg (reads {archive}; "
+                       f"{'found' if archive.exists() else 'not found here'}). Or: ")
     return (
-        f"pixelvit downloads {name} from {source.url} (md5 {source.md5}) into "
+        f"{course_copy}pixelvit downloads {name} from {source.url} (md5 {source.md5}) into "
         f"{data_root(root) / 'downloads'} on first use. Without internet, download that file elsewhere and "
         f"copy it there (or set PIXELVIT_DATA to a folder whose downloads/ holds it)."
     )
