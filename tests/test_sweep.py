@@ -34,6 +34,19 @@ def test_other_models_do_not_get_the_default_slimming():
     assert all(c.model == "vit_micro" and c.model_args == {} for c in configs)
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--dataset", "nonexistent"], "unknown dataset 'nonexistent'"),
+    (["--model", "vit_micro", "nonexistent"], "unknown model 'nonexistent'"),
+    (["--img-size", "32", "--patch-sizes", "4", "5"], "not divisible by patch size 5"),
+], ids=["dataset", "model", "patch-size"])
+def test_bad_arguments_stop_the_sweep_in_one_line_before_any_run(tmp_path, capsys, args, expected):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    code = sweep.main([*args, "--runs-dir", str(runs), "--data-root", str(data), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("pixelvit sweep: error: ") and expected in err[0]
+    assert not runs.exists() and not data.exists() and not (tmp_path / "s").exists()  # the valid runs did not start
+
+
 def tiny_sweep_args(data_root, tmp_path) -> list[str]:
     return ["--model-arg", "embed_dim=32", "--model-arg", "depth=2", "--model-arg", "num_heads=2",
             "--img-size", "8", "--patch-sizes", "4", "2", "--steps", "4", "--batch-size", "16",
