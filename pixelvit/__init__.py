@@ -1,10 +1,12 @@
 """pixelvit: patch-size scaling of ViT and Adventurer (Mamba-2), small enough to read and to run on a laptop.
 
-The public API is imported lazily so that `import pixelvit` stays fast and a notebook that only
-needs `pixelvit.patching` does not pay for building models.
+`import pixelvit` registers every pixelvit model with timm (timm.create_model("adventurer_nano"),
+timm.list_pretrained("adventurer*")); the rest of the public API is imported when first used.
 """
 
 from importlib import import_module
+
+from pixelvit import models as _models  # noqa: F401  (registers the models with timm)
 
 __version__ = "0.1.0"
 
@@ -12,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": "pixelvit.models",
     "list_models": "pixelvit.models",
-    "load_pretrained": "pixelvit.checkpoints",
+    "load_pretrained": "pixelvit.pretrained",
     "patchify": "pixelvit.patching",
     "unpatchify": "pixelvit.patching",
     "num_tokens": "pixelvit.patching",

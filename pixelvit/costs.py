@@ -34,6 +34,8 @@ from pixelvit.patching import as_hw, check_divisible
 PAPER_TABLE6_VIT_MEMORY_MB = {16: 62, 8: 252, 4: 1024, 2: 4057, 1: 16118}
 
 BYTES_PER_VALUE = 2  # bf16 activations
+# The scan's chunk length is a run-time setting, not part of the config: cost the one ssd_scan picks on CPU.
+SCAN_CHUNK_SIZE = 64  # pixelvit.ops.ssd.CPU_CHUNK_SIZE
 
 
 def _config(model, img_size=None, patch_size=None, num_classes=None):
@@ -151,7 +153,7 @@ def _adventurer_costs(config) -> dict:
         ),
         "conv1d": depth * 2 * conv_out_length * conv_channels * config.d_conv,
         "ssd scan": depth * ssd_flops(
-            mixer_tokens, nheads, config.headdim, config.d_state, config.ngroups, config.chunk_size
+            mixer_tokens, nheads, config.headdim, config.d_state, config.ngroups, SCAN_CHUNK_SIZE
         ),
         "head": 2 * width * config.num_classes,
     }
@@ -160,7 +162,7 @@ def _adventurer_costs(config) -> dict:
     # MLP norm in/out, w1/w3 outputs, SiLU and product; plus the chunk states of the scan.
     per_token_values = (
         4 * width + in_proj_out + 2 * conv_channels + 4 * inner + 4 * mlp_hidden
-        + nheads * config.headdim * config.d_state // config.chunk_size
+        + nheads * config.headdim * config.d_state // SCAN_CHUNK_SIZE
     )
     activation_bytes = depth * mixer_tokens * per_token_values * BYTES_PER_VALUE
     return {"tokens": mixer_tokens, "params_breakdown": params, "flops_breakdown": flops,

@@ -77,7 +77,7 @@ _LOADED: dict = {}
 def load_weights(source: str):
     """A pretrained model from a catalog name or a local path, loaded once per session."""
     if source not in _LOADED:
-        from pixelvit.checkpoints import load_pretrained
+        from pixelvit.pretrained import load_pretrained
 
         _LOADED[source] = load_pretrained(source)
     return _LOADED[source]
@@ -130,23 +130,15 @@ def compute_view(image="astronaut", patch_size: int = 16, model: str = "vit_tiny
     return view
 
 
-@torch.no_grad()
 def predict_at_patch_size(net, picture: torch.Tensor, patch_size: int, top: int = 5) -> list:
     """Top-k (probability, index, name) for a (3, H, W) picture in [0, 1], the model resampled to `patch_size`."""
-    from pixelvit.predict import class_names
+    from pixelvit.predict import normalize, predict
 
     if patch_size != net.config.patch_size:
         from pixelvit.resample import resize_model
 
         net = resize_model(net, patch_size=patch_size)
-    cfg = getattr(net, "pretrained_cfg", None) or {}
-    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(3, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(3, 1, 1)
-    logits = net(((picture - mean) / std)[None].to(next(net.parameters()).dtype))
-    probabilities = logits.float().softmax(-1)[0]
-    names = class_names(probabilities.shape[0])
-    values, indices = probabilities.topk(min(top, probabilities.shape[0]))
-    return [(p, i, names[i]) for p, i in zip(values.tolist(), indices.tolist())]
+    return predict(net, normalize(net, picture[None]), top=top)[0]
 
 
 def view_figure(view: View):

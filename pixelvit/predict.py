@@ -9,9 +9,9 @@ normalize with the ImageNet mean and std. crop_pct comes from the checkpoint's c
 patch-1 models at 128 and 224 px, 0.875 at 64 px and for patch 16 at 224 px).
 
 On a CPU the patch-1 models are slow but work: the Mamba-2 mixer runs pixelvit's chunked SSD scan (chunk 64
-on CPU), whose time and memory grow linearly with the tokens. Measured once: Adventurer-Base at patch 1 and
-224 px (50,177 tokens; 50,178 inside the mixer), random weights, batch 1, 2 shared AMD EPYC cores, torch
-2.14: 258 s for one forward pass, 5.9 GiB peak resident memory (1.3 GiB of it the model). Other jobs
+on CPU, chosen by the scan itself), whose time and memory grow linearly with the tokens. Measured once:
+Adventurer-Base at patch 1 and 224 px (50,177 tokens; 50,178 inside the mixer), random weights, batch 1,
+2 shared AMD EPYC cores, torch 2.14: 258 s for one forward pass, 5.9 GiB peak resident memory (1.3 GiB of it the model). Other jobs
 started during the run (load 1.2 at the start, 5.2 at the end), so a quiet machine is somewhat faster.
 """
 
@@ -54,15 +54,26 @@ def class_names(num_classes: int = 1000) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
+def normalize(model, pictures: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) pictures in [0, 1], already at the model's size -> normalized with its mean and std."""
+    cfg = data_config(model)
+    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+    return (pictures - mean) / std
+
+
 @torch.no_grad()
 def predict(model, images, top: int = 5, batch_size: int = 8) -> list[list[tuple[float, int, str]]]:
-    """For each PIL image: the `top` (probability, class index, class name), most likely first."""
+    """For each PIL image (or already normalized (C, H, W) tensor): the `top` (probability, class index,
+    class name), most likely first."""
     transform = eval_transform(model)
-    device = next(model.parameters()).device
+    reference = next(model.parameters())
     probabilities = []
     for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(image.convert("RGB")) for image in images[start:start + batch_size]])
-        probabilities.append(model(batch.to(device)).float().softmax(dim=-1).cpu())  # (B, num_classes)
+        batch = torch.stack([image if isinstance(image, torch.Tensor) else transform(image.convert("RGB"))
+                             for image in images[start:start + batch_size]])
+        logits = model(batch.to(device=reference.device, dtype=reference.dtype))
+        probabilities.append(logits.float().softmax(dim=-1).cpu())  # (B, num_classes)
     probabilities = torch.cat(probabilities)
     names = class_names(probabilities.shape[-1])
     values, indices = probabilities.topk(min(top, probabilities.shape[-1]), dim=-1)
@@ -85,6 +96,7 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
 
 def detect_flip_rule(model, images: torch.Tensor, labels: torch.Tensor, rules=None, batch_size: int = 8):
     """Which token-flip schedule were an Adventurer's weights trained with? Try each on labelled images.
+    (It lives here, beside `accuracy`, because it is an evaluation: pixelvit.pretrained only loads weights.)
 
     The released code flips the token order in layers 2 and 3 only (`flip = (n // 2 == 1)`), which looks
     like a slip for "every two layers"; the weights work well only with the schedule they were trained
@@ -113,19 +125,6 @@ def detect_flip_rule(model, images: torch.Tensor, labels: torch.Tensor, rules=No
     return best, results
 
 
-def use_cpu_chunk_size(model) -> None:
-    """Set every Mamba-2 mixer's scan chunk to pixelvit.ops.ssd.CPU_CHUNK_SIZE (64): about 2x faster on
-    CPU than the GPU kernels' 256; the result does not depend on the chunk length (up to rounding)."""
-    from pixelvit.models.mamba2 import Mamba2Mixer
-    from pixelvit.ops.ssd import CPU_CHUNK_SIZE
-
-    for module in model.modules():
-        if isinstance(module, Mamba2Mixer):
-            module.chunk_size = CPU_CHUNK_SIZE
-    if getattr(model, "arch", None) == "adventurer":
-        model.config.chunk_size = CPU_CHUNK_SIZE
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pixelvit predict", description="Top-k ImageNet classes for images.")
     parser.add_argument("images", nargs="+", help="image files (anything PIL opens)")
@@ -142,8 +141,8 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from pixelvit.checkpoints import CheckpointError, load_pretrained
     from pixelvit.io import DownloadError
+    from pixelvit.pretrained import CheckpointError, load_pretrained
 
     missing = [path for path in args.images if not Path(path).is_file()]
     if missing:
@@ -160,9 +159,7 @@ def main(argv=None) -> int:
         model.pretrained_cfg["crop_pct"] = entry.crop_pct  # the file does not say; the catalog does
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
-    model.to(device)
-    if device == "cpu":
-        use_cpu_chunk_size(model)
+    model.to(device)  # the scan's chunk length follows the device by itself (pixelvit.ops.ssd.ssd_scan)
 
     images = [Image.open(path) for path in args.images]
     cfg = data_config(model)

@@ -6,16 +6,21 @@
     model = pixelvit.load_pretrained("https://example.org/ckpt.pth", sha256="...")
     model = pixelvit.load_pretrained("deit_tiny_patch16_224")       # timm ViT/DeiT weights -> pixelvit ViT
 
-Five steps, one function each, in the order `load_pretrained` runs them:
+"Pretrained" means released or trained weights to start from; "checkpoint" in pixelvit.train means the
+state a training run resumes from. `load_pretrained` runs four steps, one function each:
 
-1. find the file        `checkpoint_file`: catalog name -> hub cache, URL -> pixelvit cache, path -> itself;
-                        every download is checked against a sha256 (a mismatch deletes the file and raises)
-2. read it safely       `read_checkpoint`: safetensors, or torch.load(weights_only=True) with an explicit
-                        allowlist; anything else in the pickle is refused unless allow_unsafe_pickle=True
-3. pick the weights     `pick_state_dict`: 'model' (or 'model_ema'), wrapper prefixes 'module.' / '_orig_mod.'
-                        stripped
-4. build the model      from the catalog entry, the directory's config.json, or what the tensors' shapes say
-5. check and load       `compare_state_dict`: every missing, unexpected and mis-shaped key by name, in one error
+1. resolve the source   `resolve_source`: catalog name -> hub cache, URL -> pixelvit cache, path -> itself,
+                        timm name -> timm's weights; every download is checked against a sha256, and files
+                        are read by `read_checkpoint`: safetensors, or torch.load(weights_only=True) with an
+                        explicit allowlist (anything else is refused unless allow_unsafe_pickle=True)
+2. build the model      `build_model`: from the catalog entry, the directory's config.json, or what the
+                        tensors' shapes say, at the requested size
+3. filter the weights   `filter_state_dict` (timm's checkpoint_filter_fn): unwrap 'model' / 'model_ema',
+                        strip 'module.' / '_orig_mod.', drop a head of another size, resample pos_embed and
+                        patch_embed to the model's grid and patch
+4. check and load       `load_state_dict_checked`: every missing, unexpected and mis-shaped key by name, in one error
+
+`timm.create_model("<name>.<tag>", pretrained=True)` uses steps 3 and 4 too (`load_into`).
 
 The model comes back in eval mode with `model.pretrained_cfg` (input size, crop, mean/std: what timm's
 `resolve_data_config` reads) and `model.load_report` (what was transformed on the way).
@@ -39,11 +44,10 @@ import torch
 from pixelvit.catalog import CATALOG, Checkpoint
 from pixelvit.io import CONFIG_NAME, WEIGHTS_NAME, DownloadError, download_url, read_model_files, sha256_file
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / ModelEmaV2, torch.compile
 STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")  # where training scripts put the weights
 EMA_KEYS = ("model_ema", "state_dict_ema")
+HEAD_KEYS = ("head.weight", "head.bias")
 
 
 class CheckpointError(RuntimeError):
@@ -122,13 +126,20 @@ def download_checkpoint(name: str, cache_dir=None) -> Path:
             f"is kept under the final name), or download the file yourself and pass its local path."
         ) from error
 
+    verify_hub_file(path, entry)
+    return path
+
+
+def verify_hub_file(path, entry: Checkpoint) -> None:
+    """Check a file from the hub cache against the catalog's sha256, else the hub's LFS sha256 (offline: the
+    blob's name in the cache, which the hub set to that same sha256). A mismatch deletes it and raises."""
+    path = Path(path)
     blob = Path(os.path.realpath(path))
     expected = entry.sha256 or _hub_lfs_sha256(entry)
     if expected is None and re.fullmatch(r"[0-9a-f]{64}", blob.name):
         expected = blob.name  # LFS blobs are stored under their sha256
     if expected is not None:
         _check_sha256(blob, expected, delete=[blob, path], what=f"{entry.repo_id}/{entry.filename}")
-    return path
 
 
 def checkpoint_file(name_or_path, sha256: str | None = None, cache_dir=None) -> tuple[Path, Checkpoint | None]:
@@ -256,8 +267,45 @@ def _not_a_checkpoint(path: Path, size: int, error: Exception) -> CheckpointErro
     )
 
 
+
 # ---------------------------------------------------------------------------------------------
-# 3. Pick the weights
+# 1 + 2 together: a name or path -> a Source (the checkpoint object and what came with it)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Source:
+    """Where weights come from and what came with them."""
+
+    label: str  # what the caller passed
+    checkpoint: object  # what the file held: a state dict, or a training checkpoint {'model': ..., ...}
+    file: str | None = None
+    entry: Checkpoint | None = None  # the catalog entry, for a released checkpoint
+    meta: dict | None = None  # config.json of a pixelvit directory: rebuilds the model exactly
+    pretrained_cfg: dict | None = None  # preprocessing that came with the weights (timm's, a directory's)
+    overrides: dict = field(default_factory=dict)  # config fields the source knows (a timm ViT's)
+    model_hint: str | None = None  # the training script's --model, if the checkpoint saved its args
+
+
+def resolve_source(name_or_path, *, sha256: str | None = None, cache_dir=None,
+                   allow_unsafe_pickle: bool = False) -> Source:
+    """A released checkpoint name, a local file or pixelvit directory, an http(s) URL, or a timm ViT/DeiT name
+    -> its weights, downloaded (hash-checked) and read safely."""
+    text = str(name_or_path)
+    if not Path(text).expanduser().exists() and text not in CATALOG and not _is_url(text) and _is_timm_name(text):
+        state, overrides, cfg = _timm_weights(text)
+        return Source(f"timm {text}", state, pretrained_cfg=cfg, overrides=overrides)
+    path, entry = checkpoint_file(name_or_path, sha256=sha256, cache_dir=cache_dir)
+    if path.name == WEIGHTS_NAME and (path.parent / CONFIG_NAME).exists():
+        path = path.parent  # the weights of a pixelvit directory: use its config too
+    if path.is_dir():
+        meta, state = read_model_files(path)
+        return Source(text, state, str(path), entry, meta=meta, pretrained_cfg=meta.get("pretrained_cfg"))
+    checkpoint = read_checkpoint(path, allow_unsafe_pickle)
+    args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    return Source(text, checkpoint, str(path), entry, model_hint=getattr(args, "model", None))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Filter the weights for a model (timm's checkpoint_filter_fn)
 # ---------------------------------------------------------------------------------------------
 def _is_state_dict(obj) -> bool:
     return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
@@ -300,8 +348,37 @@ def strip_prefixes(state: dict, prefixes=WRAPPER_PREFIXES) -> tuple[dict, list[s
     return state, notes
 
 
+def filter_state_dict(checkpoint, model, *, model_ema: bool = False, notes: list | None = None) -> dict:
+    """The checkpoint's weights, made to fit `model`; every change is appended to `notes`.
+
+    Unwraps 'model' / 'model_ema' and wrapper prefixes; drops the head when the model's has another size
+    (the model keeps its fresh one); resamples pos_embed (class token kept where the arch keeps it) and the
+    patch filters when the model's grid or patch differ (pixelvit.resample).
+    """
+    from pixelvit.resample import CLASS_TOKEN_POSITION, resample_patch_embed, resample_pos_embed
+
+    notes = [] if notes is None else notes
+    state, _, stripped = pick_state_dict(checkpoint, model_ema)
+    notes += stripped
+    state = dict(state)
+    if "head.weight" in state and state["head.weight"].shape[0] != model.num_classes:
+        notes.append(f"dropped head.weight, head.bias ({state['head.weight'].shape[0]} classes) for a new "
+                     f"{model.num_classes}-class head")
+        state = {k: v for k, v in state.items() if k not in HEAD_KEYS}
+    weight, pos = state.get("patch_embed.proj.weight"), state.get("pos_embed")
+    own = model.state_dict()
+    if weight is not None and weight.shape[-2:] != own["patch_embed.proj.weight"].shape[-2:]:
+        state["patch_embed.proj.weight"] = resample_patch_embed(weight, model.patch_embed.patch_size)
+        notes.append(f"resampled patch_embed.proj.weight to patch {model.patch_embed.patch_size}")
+    if pos is not None and pos.shape != own["pos_embed"].shape:
+        state["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size,
+                                                class_token=CLASS_TOKEN_POSITION[model.arch])
+        notes.append(f"resampled pos_embed to a {model.patch_embed.grid_size} grid")
+    return state
+
+
 # ---------------------------------------------------------------------------------------------
-# 4. Build the model the weights belong to
+# 2. Build the model the weights belong to
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class StateDictShape:
@@ -425,14 +502,43 @@ def _is_timm_name(text: str) -> bool:
     """A timm model name, not one of pixelvit's own (which pixelvit registers with timm too)."""
     import timm
 
-    from pixelvit.models import MODELS
+    from pixelvit.models.timm_registry import TIMM_NAMES
 
     base = text.split(".")[0]
-    return "/" not in text and base not in MODELS and timm.is_model(base)
+    return "/" not in text and base not in TIMM_NAMES and base not in TIMM_NAMES.values() and timm.is_model(base)
+
+
+def build_model(source: Source, state: dict, *, model: str | None = None, num_classes: int | None = None,
+                notes: list | None = None, **overrides):
+    """The model `state` belongs to (random weights), with `overrides` (e.g. img_size, patch_size) applied.
+
+    What to build, first match wins: a pixelvit directory's config.json; `model` (a pixelvit model name or
+    a released checkpoint's) or the catalog entry, with the geometry from the shapes; else a registered
+    model whose width and depth fit the shapes. num_classes=None keeps the checkpoint's head size.
+    """
+    from pixelvit.models import create_model, get_config, model_from_config
+
+    notes = [] if notes is None else notes
+    shape = describe_state_dict(state)
+    classes = shape.num_classes if num_classes is None else num_classes
+    overrides = {**source.overrides, **{k: v for k, v in overrides.items() if v is not None}}
+    overrides.pop("num_classes", None)
+    if source.meta is not None:  # pixelvit's own directory: the config alone rebuilds the model
+        return model_from_config(source.meta["arch"], {**source.meta["config"], **overrides, "num_classes": classes})
+    entry = CATALOG[model] if model in CATALOG else source.entry
+    name = CATALOG[model].model if model in CATALOG else model or (entry.model if entry else None)
+    if name:  # the caller (or the catalog) names the model: take only the geometry from the shapes
+        inferred = {k: shape.config[k] for k in ("img_size", "patch_size", "in_chans")}
+    else:
+        name, inferred = _model_name_and_overrides(shape, source.model_hint)
+    kwargs = {**inferred, **overrides}
+    changed = {k: v for k, v in kwargs.items() if getattr(get_config(name), k) != v}
+    notes.insert(0, f"built {name} with {changed}" if changed else f"built {name}")
+    return create_model(name, num_classes=classes, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Check and load
+# 4. Check and load
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class LoadReport:
@@ -476,7 +582,7 @@ def _name_list(keys: list[str], limit: int = 40) -> str:
 def load_state_dict_checked(model, state: dict, strict: bool = True, report: LoadReport | None = None,
                             fresh: tuple[str, ...] = ()):
     """Load `state` into `model`; with strict=True any difference is one error naming every key.
-    `fresh`: keys the model is meant to keep from its own init (a new head)."""
+    `fresh`: keys the model may keep from its own init when the state lacks them (a new head)."""
     report = report or LoadReport(source="state dict")
     missing, unexpected, mismatched = compare_state_dict(model, state)
     missing = [k for k in missing if k not in fresh]
@@ -498,33 +604,18 @@ def load_state_dict_checked(model, state: dict, strict: bool = True, report: Loa
 
 def _pretrained_cfg(model, entry: Checkpoint | None, base: dict | None) -> dict:
     """What preprocessing the weights expect, in the keys timm's resolve_data_config reads."""
-    cfg = {
-        "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 0.875,
-        "crop_mode": "center", **(base or {}),
-    }
+    cfg = {**model.pretrained_cfg, **(base or {})}  # the model's own (pixelvit.models.base.data_cfg), updated
     if entry is not None:
         cfg.update(crop_pct=entry.crop_pct, top1=entry.top1, checkpoint=entry.name, flip_rule=entry.flip_rule)
     h, w = model.patch_embed.img_size
     cfg["input_size"] = (model.patch_embed.proj.in_channels, h, w)  # the model accepts only this size
-    cfg["num_classes"] = getattr(model.config, "num_classes", None)
+    cfg["num_classes"] = model.num_classes
     return cfg
 
 
-def load_pretrained(
-    name_or_path,
-    *,
-    model_ema: bool = False,
-    num_classes: int | None = None,
-    strict: bool = True,
-    allow_unsafe_pickle: bool = False,
-    model: str | None = None,
-    img_size=None,
-    patch_size=None,
-    sha256: str | None = None,
-    cache_dir=None,
-    verbose: bool = True,
-    **overrides,
-):
+def load_pretrained(name_or_path, *, model_ema: bool = False, num_classes: int | None = None, strict: bool = True,
+                    allow_unsafe_pickle: bool = False, model: str | None = None, img_size=None, patch_size=None,
+                    sha256: str | None = None, cache_dir=None, verbose: bool = True, **overrides):
     """A pixelvit model with pretrained weights, in eval mode, on the CPU.
 
     name_or_path: a released checkpoint (`pixelvit.catalog.list_checkpoints()`), a local .pth /
@@ -537,89 +628,48 @@ def load_pretrained(
     allow_unsafe_pickle: unpickle objects beyond the allowlist (runs code from the file: trusted files only).
     model: the pixelvit model name to build, when the file cannot say (otherwise: catalog entry,
         config.json, or the tensors' shapes). `**overrides` are further config fields (e.g. num_heads).
-    img_size / patch_size: after loading, resample position and patch embeddings to these (resize_model).
+    img_size / patch_size: build the model at this size; position and patch embeddings are resampled.
     verbose: print what was built and which keys were renamed or dropped (also in `model.load_report`).
     sha256: expected hash of a URL download or local file (catalog files are checked against the hub's
         hash; a URL without one is only checked for completeness).
     """
-    from pixelvit.models import create_model, get_config, model_from_config
-
-    text = str(name_or_path)
-    report = LoadReport(source=text)
-    meta = base_cfg = hint = None
-    entry = CATALOG.get(text)
-    if not Path(text).expanduser().exists() and text not in CATALOG and not _is_url(text) and _is_timm_name(text):
-        state, timm_overrides, base_cfg = _timm_weights(text)
-        report.notes.append(f"converted timm {text} (identical parameter names)")
-        overrides = {**timm_overrides, **overrides}
-        shape = describe_state_dict(state)
-    else:
-        path, entry = checkpoint_file(name_or_path, sha256=sha256, cache_dir=cache_dir)
-        if path.name == WEIGHTS_NAME and (path.parent / CONFIG_NAME).exists():
-            path = path.parent  # the weights of a pixelvit directory: use its config too
-        report.file = str(path)
-        if path.is_dir():
-            meta, state = read_model_files(path)
-            base_cfg = meta.get("pretrained_cfg")
-        else:
-            checkpoint = read_checkpoint(path, allow_unsafe_pickle)
-            state, report.picked, notes = pick_state_dict(checkpoint, model_ema)
-            report.notes += notes
-            args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
-            hint = getattr(args, "model", None)  # the official main.py saves its argparse args
-        shape = describe_state_dict(state)
-
-    # The head: keep the checkpoint's unless asked for another size.
-    fresh = ()
-    if num_classes is not None and num_classes != shape.num_classes:
-        fresh = ("head.weight", "head.bias")
-        dropped = [k for k in fresh if k in state]
-        state = {k: v for k, v in state.items() if k not in dropped}
-        if dropped:
-            report.notes.append(f"dropped {', '.join(dropped)} ({shape.num_classes} classes) for a new "
-                                f"{num_classes}-class head")
-    classes = shape.num_classes if num_classes is None else num_classes
-
-    if meta is not None:  # pixelvit's own directory: the config alone rebuilds the model
-        config = {**meta["config"], **overrides, "num_classes": classes}
-        net = model_from_config(meta["arch"], config)
-    else:
-        if model is None and entry is not None:
-            model = entry.model
-        elif model in CATALOG:
-            entry = CATALOG[model]
-            model = entry.model
-        if model:  # the caller (or the catalog) names the model: take only the geometry from the shapes
-            name, inferred = model, {k: shape.config[k] for k in ("img_size", "patch_size", "in_chans")}
-        else:
-            name, inferred = _model_name_and_overrides(shape, hint)
-        kwargs = {**inferred, **overrides}
-        net = create_model(name, num_classes=classes, **kwargs)
-        changed = {k: v for k, v in kwargs.items() if getattr(get_config(name), k) != v}
-        report.notes.insert(0, f"built {name} with {changed}" if changed else f"built {name}")
-
+    source = resolve_source(name_or_path, sha256=sha256, cache_dir=cache_dir, allow_unsafe_pickle=allow_unsafe_pickle)
+    report = LoadReport(source=source.label, file=source.file)
+    state, report.picked, _ = pick_state_dict(source.checkpoint, model_ema)
+    if source.overrides:
+        report.notes.append(f"converted {source.label} (identical parameter names)")
+    net = build_model(source, state, model=model, num_classes=num_classes, notes=report.notes,
+                      img_size=img_size, patch_size=patch_size, **overrides)
+    state = filter_state_dict(source.checkpoint, net, model_ema=model_ema, notes=report.notes)
+    fresh = HEAD_KEYS if "head.weight" not in state else ()  # no head in the weights: the model's new one
     load_state_dict_checked(net, state, strict=strict, report=report, fresh=fresh)
     net.eval()
-    net.pretrained_cfg = _pretrained_cfg(net, entry, base_cfg)
-    if img_size is not None or patch_size is not None:
-        from pixelvit.resample import resize_model
-
-        net = resize_model(net, img_size=img_size, patch_size=patch_size)
-        report.notes.append(f"resampled pos_embed / patch_embed to {net.patch_embed.img_size} px, "
-                            f"patch {net.config.patch_size}")
+    net.pretrained_cfg = net.default_cfg = _pretrained_cfg(net, source.entry, source.pretrained_cfg)
     net.load_report = report
     if verbose:
         print(report)
     return net
 
 
-def list_pretrained() -> list[str]:
-    return list(CATALOG)
+def load_into(model, path) -> LoadReport:
+    """Load a released checkpoint file into `model` (timm's `pretrained=True` hook for pixelvit's models):
+    verified against the hub's sha256 when it is a catalog file, read safely, filtered, loaded strictly."""
+    path = Path(path)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    entry = next((e for e in CATALOG.values()
+                  if (e.repo_id, e.filename) == (cfg.get("hf_hub_id"), cfg.get("hf_hub_filename"))), None)
+    if entry is not None:
+        verify_hub_file(path, entry)
+    report = LoadReport(source=entry.name if entry else str(path), file=str(path))
+    state = filter_state_dict(read_checkpoint(path), model, notes=report.notes)
+    load_state_dict_checked(model, state, strict=True, report=report, fresh=HEAD_KEYS if "head.weight" not in state else ())
+    model.load_report = report
+    return report
 
 
 __all__ = [
-    "CheckpointError", "CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport",
-    "load_pretrained", "download_checkpoint", "checkpoint_file", "read_checkpoint", "pick_state_dict",
+    "CheckpointError", "CheckpointMismatchError", "UnsafeCheckpointError", "LoadReport", "Source",
+    "load_pretrained", "resolve_source", "build_model", "filter_state_dict", "load_into",
+    "download_checkpoint", "verify_hub_file", "checkpoint_file", "read_checkpoint", "pick_state_dict",
     "strip_prefixes", "describe_state_dict", "compare_state_dict", "load_state_dict_checked", "safe_globals",
-    "list_pretrained",
 ]

@@ -27,11 +27,11 @@ from pixelvit.models.mamba2 import Mamba2Mixer
 from pixelvit.ops.ssd import ssd_sequential
 
 # a tiny Adventurer: 4 blocks, so that layers 2 and 3 flip under the released rule
-TINY = dict(img_size=8, patch_size=2, num_classes=5, embed_dim=16, depth=4, d_state=4, headdim=8, chunk_size=8)
+TINY = dict(img_size=8, patch_size=2, num_classes=5, embed_dim=16, depth=4, d_state=4, headdim=8)
 
 
-def tiny_adventurer(**overrides) -> Adventurer:
-    return Adventurer(AdventurerConfig(**{**TINY, **overrides}))
+def tiny_adventurer(chunk_size=8, **overrides) -> Adventurer:
+    return Adventurer(AdventurerConfig(**{**TINY, **overrides}), chunk_size=chunk_size)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,9 +308,9 @@ def test_official_init():
 def test_config_defaults_match_the_contract():
     assert dataclasses.asdict(AdventurerConfig()) == dict(
         img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=256, depth=12, mlp_ratio=2.5,
-        flip_rule="released", d_state=64, expand=2, headdim=64, ngroups=1, d_conv=4, chunk_size=256,
-        scan_backend="auto", norm_eps=1e-5, drop_path_rate=0.0, grad_checkpointing=False,
-    )
+        flip_rule="released", d_state=64, expand=2, headdim=64, ngroups=1, d_conv=4,
+        norm_eps=1e-5, drop_path_rate=0.0,
+    )  # architecture only: scan backend, chunk length and grad checkpointing are run-time settings
 
 
 def test_wrong_inputs_raise_value_errors():
@@ -403,7 +403,6 @@ def test_cuda_backend_matches_reference_backend():
     images = torch.randn(2, 3, 32, 32, device="cuda")
     with torch.no_grad():
         fast = model(images)
-        for layer in model.layers:
-            layer.mixer.scan_backend = "reference"
+        model.set_scan(backend="reference")
         reference = model(images)
     assert torch.allclose(fast, reference, atol=1e-3, rtol=1e-3)

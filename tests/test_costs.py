@@ -75,7 +75,7 @@ def test_vit_flops_match_flop_counter(patch_size):
 @pytest.mark.parametrize("patch_size", [16, 8, 4, 2, 1])
 def test_adventurer_flops_match_flop_counter(patch_size):
     config = dataclasses.replace(get_config("adventurer_tiny"), img_size=32, patch_size=patch_size, depth=2,
-                                 embed_dim=64, headdim=32, d_state=16, num_classes=10, chunk_size=64)
+                                 embed_dim=64, headdim=32, d_state=16, num_classes=10)
     model = create_model("adventurer_tiny", **dataclasses.asdict(config))
     counted = _counted_flops(model, 32)
     assert costs.estimate(config)["flops"] == pytest.approx(counted, rel=0.05)

@@ -30,11 +30,11 @@ ADVENTURER_SIZES = {"tiny": (256, 12), "small": (512, 12), "base": (768, 12), "l
 
 def test_list_models():
     names = list_models()
-    for name in ["vit_micro", *PAPER_SIZES, "adventurer_micro"]:
+    for name in ["vit_nano", "vit_micro", *PAPER_SIZES, "adventurer_nano", "adventurer_micro"]:
         assert name in names
     for size in ADVENTURER_SIZES:
         assert {f"adventurer_{size}", f"adventurer_{size}_patch16", f"adventurer_{size}_patch1"} <= set(names)
-    assert list_models("vit_*") == sorted(["vit_micro", *PAPER_SIZES])
+    assert list_models("vit_*") == sorted(["vit_nano", "vit_micro", *PAPER_SIZES])
     assert list_models("*_patch1") == [f"adventurer_{s}_patch1" for s in ("base", "large", "small", "tiny")]
     assert pixelvit.list_models is list_models and pixelvit.create_model is create_model
 
@@ -55,6 +55,14 @@ def test_adventurer_paper_configs(size):
         assert isinstance(config, AdventurerConfig)
         assert (config.embed_dim, config.depth, config.img_size, config.patch_size) == (dim, depth, 224, patch)
         assert (config.d_state, config.expand, config.headdim, config.flip_rule) == (64, 2, 64, "released")
+
+
+def test_nano_models_are_the_64_wide_4_deep_configs_of_the_sweeps():
+    vit = get_config("vit_nano")
+    assert (vit.embed_dim, vit.depth, vit.num_heads, vit.img_size, vit.patch_size, vit.num_classes) == (64, 4, 4, 32, 4, 10)
+    adventurer = get_config("adventurer_nano")
+    assert (adventurer.embed_dim, adventurer.depth, adventurer.img_size, adventurer.patch_size) == (64, 4, 32, 4)
+    assert (adventurer.d_state, adventurer.headdim, adventurer.num_classes) == (16, 32, 10)
 
 
 def test_micro_models_are_cpu_sized():
@@ -83,13 +91,15 @@ def test_unknown_names_and_fields_raise_value_errors_with_suggestions():
         get_config("adventurer_tiny_patch61")
     with pytest.raises(ValueError, match="has no field.*'depht'"):
         create_model("vit_micro", depht=3)
+    with pytest.raises(TypeError, match="has no field.*'depht'"):  # timm's convention for unknown arguments
+        create_model("vit_micro", depht=3)
     with pytest.raises(ValueError, match="unknown arch 'vt'.*vit"):
         model_from_config("vt", {})
 
 
-def test_pretrained_points_to_load_pretrained():
-    with pytest.raises(NotImplementedError, match="pixelvit.load_pretrained"):
-        create_model("adventurer_tiny_patch16", pretrained=True)
+def test_pretrained_without_released_weights_points_to_load_pretrained():
+    with pytest.raises(ValueError, match="vit_nano has no released weights.*adventurer_tiny_patch1.in1k_64.*pixelvit.load_pretrained"):
+        create_model("vit_nano", pretrained=True)
 
 
 @pytest.mark.parametrize("name", ["vit_micro", "adventurer_micro"])
@@ -105,12 +115,15 @@ def test_model_from_config_round_trips_through_json(name):
         assert torch.equal(rebuilt(images), model(images))
 
 
-def test_timm_knows_adventurer_but_not_our_vits():
+def test_timm_knows_every_model_and_timm_vits_are_untouched():
     timm_names = set(timm.list_models("adventurer_*"))
     assert set(list_models("adventurer_*")) <= timm_names
     model = timm.create_model("adventurer_tiny_patch16", num_classes=10, img_size=32, depth=1)
     assert isinstance(model, Adventurer)
     assert (model.config.embed_dim, model.config.patch_size, model.num_tokens) == (256, 16, 5)
+    assert isinstance(timm.create_model("vit_nano"), VisionTransformer)
+    assert isinstance(timm.create_model("pixelvit_vit_tiny", img_size=32, depth=1), VisionTransformer)
+    assert not timm.is_model("vit_tiny")  # next to timm's vit_tiny_patch16_224 & co: pixelvit_vit_tiny instead
     # timm's own ViTs are untouched: vit_tiny_patch16_224 is still timm's class
     assert not isinstance(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1), VisionTransformer)
 
@@ -132,7 +145,7 @@ def test_common_interface(name):
     assert model.num_tokens == 17
     assert model.forward_features(torch.randn(2, 3, 8, 8)).shape == (2, 17, 128)
     model.set_grad_checkpointing()
-    assert model.grad_checkpointing and model.config.grad_checkpointing
+    assert model.grad_checkpointing and not hasattr(model.config, "grad_checkpointing")  # never saved
     model.set_grad_checkpointing(False)
     assert not model.grad_checkpointing
 
@@ -158,7 +171,7 @@ def test_grad_checkpointing_gives_identical_outputs_and_grads(name, img_size, ov
 
     out_plain, grads_plain = run(False)
     out_ckpt, grads_ckpt = run(True)
-    assert model.config.grad_checkpointing is True
+    assert model.grad_checkpointing is True
     assert torch.equal(out_plain, out_ckpt)
     for param_name, grad in grads_plain.items():
         assert torch.allclose(grad, grads_ckpt[param_name], rtol=0, atol=1e-6), param_name

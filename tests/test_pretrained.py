@@ -12,15 +12,15 @@ import torch
 
 import pixelvit
 from pixelvit.catalog import CATALOG, get_checkpoint, list_checkpoints
-from pixelvit.checkpoints import (
+from pixelvit.io import save_model
+from pixelvit.models import create_model
+from pixelvit.pretrained import (
     CheckpointError,
     CheckpointMismatchError,
     UnsafeCheckpointError,
     describe_state_dict,
     load_pretrained,
 )
-from pixelvit.io import save_model
-from pixelvit.models import create_model
 
 IMG, PATCH = 16, 4  # 16 patch tokens: fast on CPU
 

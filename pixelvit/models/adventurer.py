@@ -28,7 +28,7 @@ Which layers flip (`flip_rule`) - read this before training or loading weights:
     the layers with `n // 2 == 1`, i.e. only layers 2 and 3 (counting from 0). The paper describes
     flipping the token order every two layers, and the author has called the released expression a bug.
     The released checkpoints were most likely trained with the released code, but a checkpoint does not
-    record the rule, so this is not settled: `pixelvit.checkpoints.detect_flip_rule` measures it.
+    record the rule, so this is not settled: `pixelvit.predict.detect_flip_rule` measures it.
     pixelvit offers three rules (see `flipped_layers`):
         "released"  (default)  n // 2 == 1          -> [2, 3]                    the released code
         "every_two"            (n // 2) % 2 == 1    -> [2, 3, 6, 7, 10, 11, ...] what the paper describes
@@ -46,12 +46,16 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelvit.models.layers import DropPath, PatchEmbed, run_layers
+from pixelvit.models.base import PatchTokenModel
+from pixelvit.models.layers import DropPath, PatchEmbed, at_least_float32
 from pixelvit.models.mamba2 import Mamba2Mixer
 from pixelvit.ops.ssd import select_backend
+
+torch.fx.wrap("at_least_float32")  # dtype logic: a call in a traced graph (see pixelvit.models.layers)
 
 FLIP_RULES = ("released", "every_two", "alternate")
 
@@ -72,11 +76,11 @@ class AdventurerConfig:
     headdim: int = 64  # nheads = d_inner / headdim (8 for Tiny)
     ngroups: int = 1
     d_conv: int = 4
-    chunk_size: int = 256  # chunked-scan length; on CPU 64 is faster (pixelvit.ops.ssd.CPU_CHUNK_SIZE)
-    scan_backend: str = "auto"  # "auto" picks mamba-ssm / fla kernels on CUDA when installed, else reference
     norm_eps: float = 1e-5  # all RMSNorms (official norm_epsilon)
     drop_path_rate: float = 0.0  # the official constructor defaults to 0.1; per-layer schedule: see Adventurer
-    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, slower
+    # How the scan runs (kernel, chunk length) and gradient checkpointing are run-time settings of the model
+    # (Adventurer(..., scan_backend=, chunk_size=, grad_checkpointing=), set_scan, set_grad_checkpointing),
+    # not architecture: they are never saved with the weights.
 
 
 def flipped_layers(depth: int, flip_rule: str = "released") -> list[int]:
@@ -108,8 +112,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compute_dtype = torch.promote_types(x.dtype, torch.float32)
-        out = F.rms_norm(x.to(compute_dtype), self.weight.shape, self.weight.to(compute_dtype), self.eps)
+        x32 = at_least_float32(x)
+        out = F.rms_norm(x32, self.weight.shape, self.weight.to(x32.dtype), self.eps)
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -141,8 +145,6 @@ class Block(nn.Module):
             expand=config.expand,
             headdim=config.headdim,
             ngroups=config.ngroups,
-            chunk_size=config.chunk_size,
-            scan_backend=config.scan_backend,
         )
         self.norm = RMSNorm(dim, eps=config.norm_eps)
         self.drop_path = DropPath(drop_path_rate)  # one module for both branches, as the official Block
@@ -165,13 +167,25 @@ class Block(nn.Module):
         return f"flip={self.flip}"
 
 
-class Adventurer(nn.Module):
-    arch = "adventurer"
+class Adventurer(PatchTokenModel):
+    """`config` is the architecture (saved with the weights); the keyword arguments are run-time choices.
 
-    def __init__(self, config: AdventurerConfig):
+    scan_backend / chunk_size: how the Mamba-2 scan runs (see `set_scan`); never saved.
+    global_pool: "token" (the class token, last), "avg" (mean of the patch tokens) or "" (no pooling).
+    drop_rate: dropout on the pooled features before the head (timm's `drop_rate`).
+    grad_checkpointing: see `set_grad_checkpointing`. device / dtype: where the parameters are created.
+    """
+
+    arch = "adventurer"
+    cls_index = -1  # the class token comes LAST
+    blocks_attr, norm_attr = "layers", "norm_f"  # the official names, so official checkpoints load
+
+    def __init__(self, config: AdventurerConfig, *, scan_backend: str = "auto", chunk_size: int | None = None,
+                 global_pool: str = "token", drop_rate: float = 0.0, grad_checkpointing: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         self.config = config
-        dim = config.embed_dim
+        self.embed_dim = dim = config.embed_dim
         self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim)
         self.num_patches = self.patch_embed.num_patches
         self.num_tokens = self.num_patches + 1  # + class token; the mixer sees one more (the average token)
@@ -184,9 +198,12 @@ class Adventurer(nn.Module):
         flips = set(flipped_layers(config.depth, config.flip_rule))
         self.layers = nn.ModuleList(Block(config, rates[i], flip=i in flips) for i in range(config.depth))
         self.norm_f = RMSNorm(dim, eps=config.norm_eps)
-        self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
-        self.grad_checkpointing = config.grad_checkpointing
+        self._init_head(config.num_classes, global_pool, drop_rate)
+        self._init_features()
+        self.grad_checkpointing = grad_checkpointing
         self._init_weights()
+        self.set_scan(backend=scan_backend, chunk_size=chunk_size)
+        self._finish(device, dtype)
 
     @torch.no_grad()
     def _init_weights(self):
@@ -209,29 +226,28 @@ class Adventurer(nn.Module):
             nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
             layer.mixer.out_proj.weight /= math.sqrt(self.config.depth)
 
+    def set_scan(self, backend: str = "auto", chunk_size: int | None = None) -> None:
+        """How every Mamba-2 mixer runs its scan, a run-time choice that is never saved with the weights.
+
+        backend: "auto" (mamba-ssm / fla kernels on CUDA when installed, else the reference), "reference",
+            "mamba_ssm" or "fla" (see pixelvit.ops.ssd). chunk_size: the chunked scan's chunk length; None
+            lets `ssd_scan` choose for the device (64 on CPU). The outputs do not depend on either (up to
+            rounding), only the speed and memory do.
+        """
+        self.scan_backend = backend
+        for layer in self.layers:
+            layer.mixer.scan_backend = backend
+            layer.mixer.chunk_size = chunk_size
+
     @property
     def scan_backend_in_use(self) -> str:
         """The SSD implementation the mixers run with on the model's current device."""
-        return select_backend(self.pos_embed.device, self.config.scan_backend)
+        return select_backend(self.pos_embed.device, self.scan_backend)
 
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        self.config.grad_checkpointing = enable
-
-    def run_blocks(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> the residual stream after the last block, before the final norm: (B, N+1, D)."""
-        x = self.patch_embed(images)  # (B, N, D)
-        cls_token = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([x, cls_token], dim=1) + self.pos_embed  # (B, N+1, D), class token LAST
-        return run_layers(self.layers, x, self.grad_checkpointing)
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.norm_f(self.run_blocks(images))  # (B, N+1, D)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.run_blocks(images)  # (B, N+1, D)
-        # RMSNorm acts on each token separately: normalizing only the class token gives the same logits
-        return self.head(self.norm_f(x[:, -1]))  # the class token, last -> (B, num_classes)
+    def no_weight_decay(self) -> set[str]:
+        """pos_embed, cls_token, and the SSM parameters mamba-ssm exempts: A_log, D and dt_bias of every mixer."""
+        ssm = {f"layers.{i}.mixer.{name}" for i in range(len(self.layers)) for name in ("A_log", "D", "dt_bias")}
+        return super().no_weight_decay() | ssm
 
     def extra_repr(self) -> str:
         c = self.config

@@ -8,11 +8,31 @@ per sample, drop a residual branch with probability p and scale the kept ones by
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 from timm.layers import DropPath  # noqa: F401  (re-exported for both models)
 from torch.utils.checkpoint import checkpoint
 
 from pixelvit.patching import as_hw, check_divisible
+
+
+def check_images(images: torch.Tensor, expected: tuple[int, int, int]) -> None:
+    """One clear error for images of the wrong shape; expected = (channels, height, width)."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
+            f"(channels, height, width), got {tuple(images.shape)}"
+        )
+
+
+# torch.fx (and timm's feature extraction) trace a model with symbolic tensors, whose shapes are unknown:
+# these calls are kept as calls in the traced graph and run on real tensors later.
+torch.fx.wrap("check_images")
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 (float64 stays float64): norms and the SSM's discretization are computed this way."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class PatchEmbed(nn.Module):
@@ -33,12 +53,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        expected = (self.in_chans, *self.img_size)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"(channels, height, width), got {tuple(images.shape)}"
-            )
+        check_images(images, (self.in_chans, *self.img_size))
         tokens = self.proj(images)  # (B, D, H/p, W/p)
         return tokens.flatten(2).transpose(1, 2)  # (B, N, D), patches in row-major (raster) order
 

@@ -27,11 +27,25 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 
-from pixelvit.ops.ssd import ssd_scan
+from pixelvit.models.layers import at_least_float32
+from pixelvit.ops import ssd
+from pixelvit.ops import mixer as mixer_fast_paths
+
+
+def ssd_scan(x, dt, A, B, C, chunk_size=None, D=None, backend="auto"):
+    """pixelvit.ops.ssd.ssd_scan, with chunk_size=None meaning "the device's best" (64 on CPU, else 256).
+    TEMPORARY (H10 -> H13): remove once pixelvit.ops.ssd.ssd_scan accepts chunk_size=None itself."""
+    if chunk_size is None:
+        chunk_size = ssd.CPU_CHUNK_SIZE if x.device.type == "cpu" else 256
+    return ssd.ssd_scan(x, dt, A, B, C, chunk_size=chunk_size, D=D, backend=backend)
+
+# Calls kept as calls when torch.fx traces the model (they branch on dtypes and devices); see models.layers.
+torch.fx.wrap("ssd_scan")
+torch.fx.wrap("at_least_float32")
 
 
 class GatedRMSNorm(nn.Module):
@@ -49,13 +63,11 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        out_dtype = y.dtype
-        compute_dtype = torch.promote_types(y.dtype, torch.float32)
-        gated = y.to(compute_dtype) * F.silu(z.to(compute_dtype))  # (..., dim)
-        groups = rearrange(gated, "... (g d) -> ... g d", d=self.group_size)  # (..., ngroups, group_size)
+        gated = at_least_float32(y) * F.silu(at_least_float32(z))  # (..., dim)
+        groups = gated.unflatten(-1, (-1, self.group_size))  # (..., ngroups, group_size)
         groups = groups * torch.rsqrt(groups.square().mean(dim=-1, keepdim=True) + self.eps)
-        normed = rearrange(groups, "... g d -> ... (g d)")
-        return (normed * self.weight.to(compute_dtype)).to(out_dtype)
+        normed = groups.flatten(-2)  # (..., dim)
+        return (normed * self.weight.to(normed.dtype)).to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, group_size={self.group_size}, eps={self.eps}"
@@ -70,7 +82,7 @@ class Mamba2Mixer(nn.Module):
         expand: int = 2,  # d_inner = expand * d_model
         headdim: int = 64,  # channels per head; nheads = d_inner / headdim
         ngroups: int = 1,  # heads share B and C within a group (like grouped-query attention)
-        chunk_size: int = 256,  # chunk length of the chunked scan (mamba-ssm's kernel default)
+        chunk_size: int | None = None,  # chunk length of the chunked scan; None: ssd_scan picks per device
         scan_backend: str = "auto",  # "auto" | "reference" | "mamba_ssm" | "fla", see pixelvit.ops.ssd
         A_init_range: tuple[float, float] = (1.0, 16.0),  # A_h = -U(1, 16) at init
         dt_min: float = 1e-3,  # initial step sizes are log-uniform in [dt_min, dt_max]
@@ -89,7 +101,7 @@ class Mamba2Mixer(nn.Module):
         if self.nheads % ngroups != 0:
             raise ValueError(f"nheads {self.nheads} is not divisible by ngroups {ngroups}")
         self.ngroups = ngroups
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size  # run-time settings (Adventurer.set_scan), not architecture
         self.scan_backend = scan_backend
 
         # one projection for everything, in the order z | x B C | dt
@@ -114,7 +126,9 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        batch, seqlen, _ = u.shape
+        if mixer_fast_paths.use_fast_path(self, u):  # the same function, streamed (inference) or memory-lean
+            return mixer_fast_paths.fast_forward(self, u)  # (training): see pixelvit/ops/mixer.py
+        seqlen = u.shape[1]
         zxbcdt = self.in_proj(u)  # (B, L, d_inner + d_xBC + nheads)
         d_xBC = self.d_inner + 2 * self.ngroups * self.d_state
         z, xBC, dt = torch.split(zxbcdt, [self.d_inner, d_xBC, self.nheads], dim=-1)
@@ -123,17 +137,17 @@ class Mamba2Mixer(nn.Module):
         xBC = self.conv1d(xBC.transpose(1, 2))[..., :seqlen]  # (B, d_xBC, L)
         xBC = F.silu(xBC.transpose(1, 2))  # (B, L, d_xBC)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)  # (B, L, nheads, headdim)
-        B = rearrange(B, "b l (g n) -> b l g n", g=self.ngroups)  # (B, L, ngroups, d_state)
-        C = rearrange(C, "b l (g n) -> b l g n", g=self.ngroups)  # (B, L, ngroups, d_state)
+        x = x.unflatten(-1, (self.nheads, self.headdim))  # (B, L, nheads, headdim)
+        B = B.unflatten(-1, (self.ngroups, self.d_state))  # (B, L, ngroups, d_state)
+        C = C.unflatten(-1, (self.ngroups, self.d_state))  # (B, L, ngroups, d_state)
 
         # discretization parameters, in float32 (or float64) as mamba-ssm's kernels compute them
-        compute_dtype = torch.promote_types(dt.dtype, torch.float32)
-        dt = F.softplus(dt.to(compute_dtype) + self.dt_bias.to(compute_dtype))  # (B, L, nheads), > 0
-        A = -torch.exp(self.A_log.to(compute_dtype))  # (nheads,), < 0
+        dt = at_least_float32(dt)
+        dt = F.softplus(dt + self.dt_bias.to(dt.dtype))  # (B, L, nheads), > 0
+        A = -torch.exp(self.A_log.to(dt.dtype))  # (nheads,), < 0
 
         y = ssd_scan(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, backend=self.scan_backend)
-        y = rearrange(y, "b l h p -> b l (h p)")  # (B, L, d_inner)
+        y = y.flatten(-2)  # (B, L, nheads, headdim) -> (B, L, d_inner)
         y = self.norm(y, z)  # RMSNorm(y * SiLU(z))
         return self.out_proj(y)  # (B, L, d_model)
 

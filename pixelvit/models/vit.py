@@ -8,6 +8,9 @@
       -> final LayerNorm
       -> linear head on the class token (position 0) -> logits (B, num_classes)
 
+The timm model interface (forward_head, forward_intermediates, reset_classifier, ...) is written once for
+both architectures in `pixelvit.models.base`; this file is only the transformer.
+
 Nothing here depends on the patch size except N: at patch 16 a 224x224 image is 196 tokens, at patch 1
 it is 50,176, and self-attention's cost grows with N^2 (the paper's point: accuracy keeps improving).
 
@@ -24,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelvit.models.layers import DropPath, PatchEmbed, run_layers
+from pixelvit.models.base import PatchTokenModel
+from pixelvit.models.layers import DropPath, PatchEmbed
 
 
 @dataclass
@@ -39,7 +43,6 @@ class ViTConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = int(mlp_ratio * embed_dim)
     qkv_bias: bool = True
     drop_path_rate: float = 0.0  # stochastic depth of the last block; linear from 0 at the first (DeiT)
-    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
 
 
 class Attention(nn.Module):
@@ -91,16 +94,26 @@ class Block(nn.Module):
         return x
 
 
-class VisionTransformer(nn.Module):
-    arch = "vit"
+class VisionTransformer(PatchTokenModel):
+    """`config` is the architecture (saved with the weights); the keyword arguments are run-time choices.
 
-    def __init__(self, config: ViTConfig):
+    global_pool: "token" (the class token, DeiT), "avg" (mean of the patch tokens) or "" (no pooling).
+    drop_rate: dropout on the pooled features before the head (timm's `drop_rate`).
+    grad_checkpointing: see `set_grad_checkpointing`. device / dtype: where the parameters are created.
+    """
+
+    arch = "vit"
+    cls_index = 0  # the class token comes FIRST
+
+    def __init__(self, config: ViTConfig, *, global_pool: str = "token", drop_rate: float = 0.0,
+                 grad_checkpointing: bool = False, device=None, dtype=None):
         super().__init__()
         self.config = config
-        dim = config.embed_dim
+        self.embed_dim = dim = config.embed_dim
         self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim)
         self.num_patches = self.patch_embed.num_patches
         self.num_tokens = self.num_patches + 1  # + class token
+        self.num_prefix_tokens = 1  # timm's name: tokens before the patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dim))  # one vector per position
 
@@ -108,9 +121,11 @@ class VisionTransformer(nn.Module):
         rates = torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()
         self.blocks = nn.Sequential(*[Block(config, rate) for rate in rates])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
-        self.grad_checkpointing = config.grad_checkpointing
+        self._init_head(config.num_classes, global_pool, drop_rate)
+        self._init_features()
+        self.grad_checkpointing = grad_checkpointing
         self._init_weights()
+        self._finish(device, dtype)
 
     def _init_weights(self):
         """timm's default ViT init: truncated-normal(0.02) linears and positions, a tiny class token;
@@ -121,26 +136,6 @@ class VisionTransformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-        self.config.grad_checkpointing = enable
-
-    def run_blocks(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> the residual stream after the last block, before the final norm: (B, N+1, D)."""
-        x = self.patch_embed(images)  # (B, N, D)
-        cls_token = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([cls_token, x], dim=1) + self.pos_embed  # (B, N+1, D), class token first
-        return run_layers(self.blocks, x, self.grad_checkpointing)
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.run_blocks(images))  # (B, N+1, D)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.run_blocks(images)  # (B, N+1, D)
-        # LayerNorm acts on each token separately, so normalizing only the class token gives the same
-        # logits as norm-then-select, without normalizing (and back-propagating through) N other tokens
-        return self.head(self.norm(x[:, 0]))  # (B, num_classes)
 
     def extra_repr(self) -> str:
         c = self.config
