@@ -28,8 +28,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -41,6 +39,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from pixelvit.ops.ssd import CPU_CHUNK_SIZE, ssd_chunked, ssd_sequential  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
+from benchmarks.machine import machine_info, status_kb  # noqa: E402
 
 ADVENTURER_TINY = {"batch": 1, "nheads": 8, "headdim": 64, "dstate": 64, "ngroups": 1}
 
@@ -110,10 +111,6 @@ def saved_tensor_mb(fn, leaves):
     return sum(saved.values()) / 2**20
 
 
-def _status_kb(key):
-    return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-
-
 def _peak_rss_child(impl, length, chunk_size, shape, threads):
     """Runs in a fresh process: peak resident MB added by one forward+backward."""
     torch.set_num_threads(threads)
@@ -127,9 +124,9 @@ def _peak_rss_child(impl, length, chunk_size, shape, threads):
     except (OSError, AttributeError):
         pass
     Path("/proc/self/clear_refs").write_text("5")               # reset VmHWM to the current RSS
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     forward_backward(fn, leaves, w)
-    return (_status_kb("VmHWM") - before) / 1024
+    return (status_kb("VmHWM") - before) / 1024
 
 
 def peak_rss_mb(impl, length, chunk_size, shape, threads):
@@ -140,30 +137,12 @@ def peak_rss_mb(impl, length, chunk_size, shape, threads):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def machine_info(threads):
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = m.group(1).strip() if m else cpu
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-
-
 def run(lengths=(256, 1024, 4096), repeats=5, chunk_size=CPU_CHUNK_SIZE, sweep_chunk_sizes=(16, 32, 64, 128, 256),
         threads=2, shape=None, max_sequential_length=16384, memory=True, command=None, log=print):
     """Time and measure both implementations at each length; returns a JSON-able dict."""
     shape = dict(ADVENTURER_TINY if shape is None else shape)
     torch.set_num_threads(threads)
-    result = {"benchmark": "ssd_cpu", "command": command, "machine": machine_info(threads), "shape": shape,
+    result = {"benchmark": "ssd_cpu", "command": command, "machine": machine_info(), "shape": shape,
               "dtype": "float32", "chunk_size": chunk_size, "repeats": repeats, "rows": [], "chunk_sweep": None}
     for length in lengths:
         fns = implementations(chunk_size)
@@ -202,8 +181,8 @@ def to_markdown(result):
         "",
         f"`{result['command']}`" if result["command"] else "",
         "",
-        f"{m['cpu']}, {m['cores_usable']} usable cores, torch {m['torch']} with {m['torch_threads']} threads; "
-        f"load average {m['load_average_1min']:.1f} before, {m['load_average_1min_after']:.1f} after "
+        f"{m['cpu_model']}, {m['cpus_usable']} usable cores, torch {m['torch']} with {m['torch_num_threads']} threads; "
+        f"load average {m['load_average_1_5_15'][0]:.1f} before, {m['load_average_1min_after']:.1f} after "
         "(a shared machine: other jobs were running). "
         f"Shapes: batch {s['batch']}, {s['nheads']} heads, headdim {s['headdim']}, d_state {s['dstate']}, "
         f"{s['ngroups']} group, float32, chunk size {result['chunk_size']}. Medians of {result['repeats']} "

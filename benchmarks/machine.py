@@ -199,7 +199,7 @@ class SavedTensorCounter:
         self._hooks.__exit__(*exc)
 
 
-def _status_kb(key: str) -> int:
+def status_kb(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
@@ -222,11 +222,11 @@ def measure_case(loss_fn: Callable[[], torch.Tensor], exclude=()) -> dict:
     _release_freed_memory()
     if can_reset:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-        before_kb = _status_kb("VmRSS")
+        before_kb = status_kb("VmRSS")
     with SavedTensorCounter(exclude=exclude) as saved:
         loss = loss_fn()
     loss.backward()
-    peak_mb = (_status_kb("VmHWM") - before_kb) / 1024 if can_reset else None
+    peak_mb = (status_kb("VmHWM") - before_kb) / 1024 if can_reset else None
     return {"peak_mb": peak_mb, "saved_mb": saved.bytes / 2**20}
 
 

@@ -133,3 +133,13 @@ def test_crossover_is_taken_after_the_last_point_where_vit_wins():
     assert result["tokens"] == round(expected)
     assert crossover([16, 64], [0.5, 0.9])["tokens"] is None
     assert crossover([16, 64], [1.5, 2.0])["tokens"] is None
+
+
+def test_gpu_correctness_check_has_a_threshold():
+    """The GPU section's "correctness first" step refuses to time a variant whose numbers are off."""
+    from benchmarks.gpu import MAX_REL_ERR, require_close
+
+    assert require_close("ok", {"logits_rel_err": 0.01, "grad_rel_err": 0.02})
+    for bad in ({"logits_rel_err": 2 * MAX_REL_ERR["logits"]}, {"grad_rel_err": float("nan")}):
+        with pytest.raises(AssertionError, match="not timing a wrong computation"):
+            require_close("variant", bad)
