@@ -146,7 +146,8 @@ class ClassificationTask(Task):
 
 
 # name -> a Task, or "module:attribute" of one (imported on first use, so optional tasks cost nothing)
-TASKS: dict[str, Task | str] = {"classification": ClassificationTask()}
+TASKS: dict[str, Task | str] = {"classification": ClassificationTask(),
+                                "segmentation": "pixelvit.dense.task:SegmentationTask"}
 
 
 def get_task(name: str) -> Task:
@@ -172,6 +173,9 @@ def model_spec(config: TrainConfig, img_size: int) -> tuple[str, dict, dict]:
     fields are that model's, with this run's overrides. Run-time settings (pixelvit.models.RUNTIME_ARGS,
     e.g. chunk_size) may come in --model-arg too; they are not architecture.
     """
+    own_spec = getattr(get_task(config.task), "model_spec", None)  # a task with its own models (segmentation)
+    if own_spec is not None:
+        return own_spec(config, img_size)
     if config.init_from is None:
         arch, saved = MODELS[config.model][0] if config.model in MODELS else None, {}
     else:

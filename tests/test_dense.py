@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
+import pixelvit.train
 from pixelvit.data.segmentation import (
     SCRIBBLE_CLASSES,
     SegmentationArrays,
@@ -27,6 +33,8 @@ from pixelvit.dense import (
     mean_iou,
     pixel_accuracy,
 )
+from pixelvit.tasks import get_task
+from pixelvit.train import TrainConfig, train
 
 TINY = dict(embed_dim=32, depth=2)  # tiny backbones keep these tests fast on CPU
 TINY_ARGS = {"vit": dict(TINY, num_heads=2), "adventurer": dict(TINY, d_state=8, headdim=16, chunk_size=16)}
@@ -59,8 +67,9 @@ def test_decoder_handles_a_patch_size_that_is_not_a_power_of_two():
 
 
 @pytest.mark.parametrize("backbone", ["vit", "adventurer"])
-def test_linear_head_at_patch_1_is_a_1x1_convolution_over_the_token_grid(backbone):
-    model = tiny_model(backbone, "linear", patch_size=1).eval()
+@pytest.mark.parametrize("head", ["linear", "pixelshuffle"])
+def test_linear_head_at_patch_1_is_a_1x1_convolution_over_the_token_grid(backbone, head):
+    model = tiny_model(backbone, head, patch_size=1).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         grid = dense_features(model.backbone, images)[-1]  # (B, D, 16, 16)
@@ -72,16 +81,16 @@ def test_linear_head_at_patch_1_is_a_1x1_convolution_over_the_token_grid(backbon
 def test_linear_head_at_patch_p_paints_each_patch_from_its_own_token():
     """Pixel (i*p + a, j*p + b) comes from token (i, j) only: torch's conv 1x1 + pixel_shuffle as reference."""
     torch.manual_seed(0)
-    head = LinearHead(embed_dim=8, num_classes=3, patch_size=4)
+    head = LinearHead(embed_dim=8, num_classes=3, patch_size=4, upsample="pixel_shuffle")
     grid = torch.randn(2, 8, 3, 5)  # a non-square token grid
     reference = F.pixel_shuffle(F.conv2d(grid, head.proj.weight[:, :, None, None], head.proj.bias), 4)
     torch.testing.assert_close(head([grid]), reference)
     assert head([grid]).shape == (2, 3, 12, 20)
 
 
-def test_bilinear_head_equals_linear_then_bilinear_upsampling():
+def test_linear_head_equals_a_1x1_convolution_then_bilinear_upsampling():
     torch.manual_seed(0)
-    head = LinearHead(embed_dim=8, num_classes=3, patch_size=4, upsample="bilinear")
+    head = LinearHead(embed_dim=8, num_classes=3, patch_size=4)  # upsample="bilinear", the paper's reading
     grid = torch.randn(1, 8, 4, 4)
     coarse = F.conv2d(grid, head.proj.weight[:, :, None, None], head.proj.bias)  # (1, 3, 4, 4)
     torch.testing.assert_close(head([grid]), F.interpolate(coarse, scale_factor=4, mode="bilinear"))
@@ -224,3 +233,81 @@ def test_flip_moves_image_and_mask_together_and_is_reproducible():
         again_image, again_mask = dataset[(index, 1)]
         assert torch.equal(image, again_image) and torch.equal(mask, again_mask)
     assert 0 < flipped < 20
+
+
+# ---- training through pixelvit.train (the segmentation task) -------------------------------------
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """One dataset cache for the module: scribbles at 8 px is generated once."""
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def tiny_run(data_root, tmp_path, **changes) -> TrainConfig:
+    base = TrainConfig(task="segmentation", model="vit_micro_seg_linear", model_args=dict(TINY_ARGS["vit"]),
+                       dataset="scribbles", img_size=8, patch_size=2, steps=40, batch_size=16, lr=3e-3,
+                       train_samples=320, eval_samples=64, label_smoothing=0.0, runs_dir=str(tmp_path / "runs"),
+                       data_root=data_root, checkpoint_every=5, log_every=5)
+    return replace(base, **changes)
+
+
+def test_a_short_segmentation_run_lowers_the_loss(data_root, tmp_path):
+    result = train(tiny_run(data_root, tmp_path), progress=False)
+    lines = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    losses = [line["loss"] for line in lines if line["kind"] == "train"]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert result.metrics["miou"] > 100 / 6 and result.metrics["pixel_accuracy"] > 50  # better than chance
+    assert result.top1 is None and 0 <= result.metrics["miou"] <= 100
+
+
+def test_a_killed_segmentation_run_resumes_bit_identical(data_root, tmp_path, monkeypatch):
+    config = tiny_run(data_root, tmp_path, steps=8, train_samples=64, checkpoint_every=3, augmentation="flip",
+                      drop_path=0.1, model="adventurer_micro_seg_decoder", model_args=dict(TINY_ARGS["adventurer"]))
+    reference = load_file(str(Path(train(replace(config, out=str(tmp_path / "reference")), progress=False).run_dir)
+                              / "model" / "model.safetensors"))
+    killed = replace(config, out=str(tmp_path / "killed"))
+    save_checkpoint = pixelvit.train.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(run_dir, step, model, state):
+        save_checkpoint(run_dir, step, model, state)
+        if step == 3:
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pixelvit.train, "save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            train(killed, progress=False)
+    resumed = train(killed, progress=False)
+    assert json.loads((Path(resumed.run_dir) / "run.json").read_text())["resumed_from_step"] == 3
+    weights = load_file(str(Path(resumed.run_dir) / "model" / "model.safetensors"))
+    assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in weights)
+
+
+def test_eval_sums_add_up_over_batches_to_the_whole_set_metrics():
+    task = get_task("segmentation")
+    torch.manual_seed(0)
+    outputs, targets = torch.randn(6, 4, 5, 5), torch.randint(0, 4, (6, 5, 5))
+    whole = task.summarize(task.eval_sums(outputs, targets))
+    halves = [task.eval_sums(outputs[:2], targets[:2]), task.eval_sums(outputs[2:], targets[2:])]
+    summed = task.summarize([a + b for a, b in zip(*halves)])
+    assert summed == pytest.approx(whole)
+    confusion = confusion_matrix(outputs.argmax(1), targets, 4)
+    assert whole["miou"] == pytest.approx(mean_iou(confusion))
+    assert whole["eval_loss"] == pytest.approx(F.cross_entropy(outputs, targets).item())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "vit_nano"], "vit_nano_seg_linear"),
+    (["--model", "vit_nano_seg_linear", "--dataset", "cifar10"], "unknown segmentation dataset"),
+    (["--model", "vit_nano_seg_linear", "--mixup", "0.2"], "not for segmentation"),
+])
+def test_cli_names_a_bad_segmentation_argument_in_one_line(args, message, capsys, tmp_path):
+    code = pixelvit.train.main(["--task", "segmentation", "--dataset", "scribbles", "--runs-dir", str(tmp_path),
+                                *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # refused before any run folder or data work

@@ -4,20 +4,23 @@ Both read `dense_features(backbone, images)`: the patch tokens of chosen blocks 
 (B, D, H/p, W/p), in image order (the class token, first in ViT and last in Adventurer, is not a patch and is
 left out), after the backbone's final norm. Both return logits for every pixel, (B, classes, H, W).
 
-    LinearHead   the paper's "decoder-free" head (Table 2): ONE linear layer on the last block's tokens.
-                 Each token predicts the classes of all p x p pixels of its own patch:
-                     (B, H/p, W/p, D) -> Linear(D, classes * p * p) -> (B, classes, H, W)   (pixel shuffle)
-                 i.e. the mirror image of the patch embedding (which maps p x p x 3 pixels to one D vector).
+    LinearHead   the paper's "decoder-free" head (Table 2: "one linear layer on the dense features"):
+                     (B, H/p, W/p, D) -> Linear(D, classes) -> bilinear upsampling by p -> (B, classes, H, W)
+                 or, with upsample="pixel_shuffle", each token predicts all p x p pixels of its own patch:
+                     (B, H/p, W/p, D) -> Linear(D, classes * p * p) -> (B, classes, H, W)
     DecoderHead  a light decoder for comparison: fuses several blocks (UperNet's idea of reading more than
                  the last block), then upsamples x2 at a time with 3x3 convolutions (SETR's "progressive
                  upsampling"), so each output pixel comes out of a few non-linear layers that see neighbours.
 
-Why the linear head predicts p x p pixels per token, not "linear to classes, then bilinear upsampling":
-the paper describes its decoder-free head only as one linear layer on the dense features. Per-token
-pixel prediction is the reading that stays *one linear layer* with no fixed interpolation rule added, so
-any sharpness in the masks must come from the tokens themselves - which is the property under test. At
-patch 1 the two readings coincide (a 1x1 convolution over the pixel grid). `upsample="bilinear"` gives the
-other reading (a linear layer to classes, then bilinear upsampling by p) for comparison.
+Which linear head is the paper's? The paper says only "one linear layer on the dense features"; its code
+for segmentation is not released. We take linear + bilinear upsampling as the default ("linear" in model
+names) because that is what a linear segmentation head means in the code bases such experiments are run
+with (SETR's naive head, Segmenter's linear baseline, and mmsegmentation, which resizes any head's logits
+bilinearly to the label size): the linear layer sees one token and the label map is only as fine as the
+token grid, which is exactly what the paper's argument is about - the finer the tokens, the less a
+decoder has to restore. The pixel-shuffle reading ("pixelshuffle" in model names) is the mirror image of
+the patch embedding and can paint sharp detail inside a patch if the token encodes it; it is offered for
+comparison. At patch 1 the two coincide: a 1x1 convolution over the pixel grid.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 HEADS = {
-    "linear": "decoder-free: one linear layer per token predicting its p x p pixels (pixel shuffle)",
-    "bilinear": "decoder-free variant: one linear layer per token to classes, then bilinear upsampling by p",
+    "linear": "decoder-free (the paper's): one linear layer per token to classes, then bilinear upsampling by p",
+    "pixelshuffle": "decoder-free variant: one linear layer per token predicting its own p x p pixels",
     "decoder": "light decoder: fuse several blocks, then x2 upsampling steps with 3x3 convolutions",
 }
 
@@ -58,11 +61,10 @@ def dense_features(backbone: nn.Module, images: torch.Tensor, indices: list[int]
 
 
 class LinearHead(nn.Module):
-    """One linear layer per token: D -> classes x p x p (`upsample="pixel_shuffle"`), or D -> classes then
-    bilinear upsampling by p (`upsample="bilinear"`). See the module docstring for why pixel shuffle is the
-    default."""
+    """One linear layer per token: D -> classes then bilinear upsampling by p (`upsample="bilinear"`, the
+    default), or D -> classes x p x p painted into the token's own patch (`upsample="pixel_shuffle"`)."""
 
-    def __init__(self, embed_dim: int, num_classes: int, patch_size: int, upsample: str = "pixel_shuffle"):
+    def __init__(self, embed_dim: int, num_classes: int, patch_size: int, upsample: str = "bilinear"):
         super().__init__()
         if upsample not in ("pixel_shuffle", "bilinear"):
             raise ValueError(f"upsample must be 'pixel_shuffle' or 'bilinear', got {upsample!r}")

@@ -5,7 +5,7 @@
     list_segmentation_models("*_nano_*")
 
 A name is `<backbone>_seg_<head>`: any backbone name of pixelvit.models (the paper's sizes and the CPU-sized
-nano/micro ones) and a head of pixelvit.dense.heads.HEADS (linear, bilinear, decoder). The names are also
+nano/micro ones) and a head of pixelvit.dense.heads.HEADS (linear, pixelshuffle, decoder). The names are also
 registered with timm, so `timm.create_model("vit_nano_seg_decoder", img_size=16, patch_size=4)` works.
 
     images (B, 3, H, W) -> backbone blocks -> patch tokens of some blocks as maps (B, D, H/p, W/p)
@@ -31,11 +31,17 @@ from pixelvit.dense.heads import HEADS, DecoderHead, LinearHead, dense_features,
 @dataclass
 class SegmentationConfig:
     backbone_arch: str = "vit"  # "vit" | "adventurer" (pixelvit.models.ARCHS)
-    backbone: dict = field(default_factory=dict)  # the backbone config's fields; its num_classes is forced to 0
-    head: str = "linear"  # linear | bilinear | decoder (pixelvit.dense.heads.HEADS)
-    num_classes: int = 6  # classes per pixel
+    backbone: dict = field(default_factory=dict)  # the backbone's other config fields (embed_dim, depth, ...)
+    img_size: int | tuple[int, int] = 224  # the backbone's, at the top so that runs and sweeps can read them
+    patch_size: int = 16
+    num_classes: int = 150  # classes per pixel (ADE20k has 150); the backbone itself has no classifier
+    head: str = "linear"  # linear | pixelshuffle | decoder (pixelvit.dense.heads.HEADS)
     decoder_levels: int = 4  # decoder: how many blocks it fuses (spread evenly, ending at the last)
     decoder_width: int = 64  # decoder: channels of its convolutions
+
+    def backbone_fields(self) -> dict:
+        grid = dict(img_size=self.img_size, patch_size=self.patch_size, num_classes=0)
+        return {**self.backbone, **grid}
 
 
 class SegmentationModel(nn.Module):
@@ -49,27 +55,20 @@ class SegmentationModel(nn.Module):
         if config.head not in HEADS:
             raise ValueError(f"unknown head {config.head!r}; choose from {sorted(HEADS)}")
         self.config = config
-        self.backbone = model_from_config(config.backbone_arch, {**config.backbone, "num_classes": 0}, **runtime)
-        dim, p, depth = self.backbone.embed_dim, self.backbone.patch_embed.patch_size, len(self.backbone.trunk)
+        self.backbone = model_from_config(config.backbone_arch, config.backbone_fields(), **runtime)
+        dim, p, depth = self.backbone.embed_dim, config.patch_size, len(self.backbone.trunk)
         if config.head == "decoder":
             self.indices = feature_indices(depth, config.decoder_levels)
             self.head = DecoderHead(dim, config.num_classes, p, len(self.indices), config.decoder_width)
         else:
             self.indices = [depth - 1]
-            self.head = LinearHead(dim, config.num_classes, p, "bilinear" if config.head == "bilinear" else "pixel_shuffle")
+            upsample = "pixel_shuffle" if config.head == "pixelshuffle" else "bilinear"
+            self.head = LinearHead(dim, config.num_classes, p, upsample)
 
     # what pixelvit.train reads of any model
     @property
     def num_tokens(self) -> int:
         return self.backbone.num_tokens
-
-    @property
-    def patch_size(self) -> int:
-        return self.backbone.patch_embed.patch_size
-
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.backbone.patch_embed.img_size
 
     def set_grad_checkpointing(self, enable: bool = True):
         self.backbone.set_grad_checkpointing(enable)
@@ -126,10 +125,9 @@ def is_segmentation_name(name: str) -> bool:
 HEAD_FIELDS = ("decoder_levels", "decoder_width")
 
 
-def create_segmentation_model(name: str, img_size=None, patch_size=None, num_classes: int | None = None,
-                              **overrides) -> SegmentationModel:
-    """Build `<backbone>_seg_<head>`. `overrides`: backbone config fields, the backbone's run-time settings
-    (pixelvit.models.RUNTIME_ARGS, e.g. chunk_size, grad_checkpointing) and decoder_levels / decoder_width."""
+def segmentation_config(name: str, img_size=None, patch_size=None, num_classes: int | None = None,
+                        **overrides) -> tuple[SegmentationConfig, dict]:
+    """(the config of `<backbone>_seg_<head>`, the backbone's run-time settings); see create_segmentation_model."""
     from pixelvit.models import MODELS, RUNTIME_ARGS, get_config
 
     backbone, head = parse_name(name)
@@ -137,10 +135,19 @@ def create_segmentation_model(name: str, img_size=None, patch_size=None, num_cla
     overrides = {k: v for k, v in overrides.items() if v is not None}
     head_args = {key: overrides.pop(key) for key in HEAD_FIELDS if key in overrides}
     runtime = {key: overrides.pop(key) for key in RUNTIME_ARGS[arch] if key in overrides}
-    given = dict(img_size=img_size, patch_size=patch_size)
-    backbone_config = get_config(backbone, **{k: v for k, v in given.items() if v is not None}, **overrides, num_classes=0)
-    config = SegmentationConfig(backbone_arch=arch, backbone=dataclasses.asdict(backbone_config),
-                                head=head, num_classes=num_classes or SegmentationConfig.num_classes, **head_args)
+    fields = dataclasses.asdict(get_config(backbone, img_size=img_size, patch_size=patch_size, **overrides))
+    grid = {key: fields.pop(key) for key in ("img_size", "patch_size")}
+    fields.pop("num_classes")
+    config = SegmentationConfig(backbone_arch=arch, backbone=fields, **grid, head=head,
+                                num_classes=num_classes or SegmentationConfig.num_classes, **head_args)
+    return config, runtime
+
+
+def create_segmentation_model(name: str, img_size=None, patch_size=None, num_classes: int | None = None,
+                              **overrides) -> SegmentationModel:
+    """Build `<backbone>_seg_<head>`. `overrides`: backbone config fields, the backbone's run-time settings
+    (pixelvit.models.RUNTIME_ARGS, e.g. chunk_size, grad_checkpointing) and decoder_levels / decoder_width."""
+    config, runtime = segmentation_config(name, img_size, patch_size, num_classes, **overrides)
     return SegmentationModel(config, **runtime)
 
 
