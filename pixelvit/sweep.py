@@ -58,7 +58,7 @@ DEFAULT_SWEEP = dict(
 
 CSV_COLUMNS = ["model", "dataset", "img_size", "patch_size", "tokens", "params", "gflops", "train_tflops",
                "steps", "batch_size", "seed", "top1", "eval_loss", "wall_s", "images_per_s", "device",
-               "gflops_source", "run_dir", "cached"]
+               "gflops_source", "run_dir", "cached", "miou", "pixel_accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +101,10 @@ def grid(base: TrainConfig, models: list[str], patch_sizes: list[int], seeds: li
 def forward_gflops(run_dir: Path) -> float:
     """Forward GFLOPs per image of a finished run's model, from pixelvit.costs (attention included)."""
     meta, _ = read_model_files(run_dir / "model")
+    if meta["arch"] == "segmentation":  # backbone + head (pixelvit.dense)
+        from pixelvit.dense.model import segmentation_gflops, segmentation_model_from_config
+
+        return float(segmentation_gflops(segmentation_model_from_config(meta["config"]))["gflops"])
     return float(estimate(model_from_config(meta["arch"], meta["config"]))["gflops"])
 
 
@@ -114,7 +118,9 @@ def result_row(config: TrainConfig, result) -> dict:
         # a training step costs ~3 forward passes (forward + backward); images seen = steps x batch
         "train_tflops": round(3 * gflops * result.steps * config.batch_size / 1e3, 6),
         "steps": result.steps, "batch_size": config.batch_size, "seed": config.seed,
-        "top1": round(result.top1, 3), "eval_loss": round(result.eval_loss, 5),
+        "top1": None if result.top1 is None else round(result.top1, 3), "eval_loss": round(result.eval_loss, 5),
+        # segmentation runs (task "segmentation") report these instead of top-1
+        "miou": result.metrics.get("miou"), "pixel_accuracy": result.metrics.get("pixel_accuracy"),
         "wall_s": round(result.wall_s, 2), "images_per_s": round(result.images_per_s, 1),
         "device": result.device, "gflops_source": "pixelvit.costs", "run_dir": result.run_dir, "cached": result.cached,
     }

@@ -198,3 +198,24 @@ def register_with_timm() -> list[str]:
         if not is_model(name):
             globals()[name] = register_model(_timm_entrypoint(name))
     return names
+
+
+# ---- compute ------------------------------------------------------------------------------------------
+
+
+def segmentation_gflops(model: SegmentationModel) -> dict:
+    """Forward GFLOPs per image: the backbone from pixelvit.costs (analytic, attention / scan included) and
+    the head counted by torch's FlopCounterMode on one image's features (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pixelvit.costs import estimate
+
+    backbone = estimate(model.backbone)["flops"]
+    height, width = model.backbone.patch_embed.img_size
+    with torch.no_grad():
+        reference = next(model.parameters())
+        features = model.features(torch.zeros(1, 3, height, width, device=reference.device, dtype=reference.dtype))
+        with FlopCounterMode(display=False) as counter:
+            model.head(features)
+    head = counter.get_total_flops()
+    return {"backbone_gflops": backbone / 1e9, "head_gflops": head / 1e9, "gflops": (backbone + head) / 1e9}
