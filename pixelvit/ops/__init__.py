@@ -1,21 +1,30 @@
-"""Low-level ops. `ssd`: the Mamba-2 SSD scan (reference implementations and a kernel dispatcher)."""
+"""Low-level ops. `ssd`: the Mamba-2 SSD scan (reference implementations, fast CPU paths and a kernel
+dispatcher). `mixer`: the Mamba-2 mixer streamed for inference and memory-lean for training."""
 
 from pixelvit.ops.ssd import (
     CPU_CHUNK_SIZE,
+    GPU_CHUNK_SIZE,
     available_backends,
+    default_chunk_size,
     describe_backends,
     select_backend,
     ssd_chunked,
+    ssd_fast,
     ssd_scan,
     ssd_sequential,
+    ssd_streaming,
 )
 
 __all__ = [
     "CPU_CHUNK_SIZE",
+    "GPU_CHUNK_SIZE",
     "available_backends",
+    "default_chunk_size",
     "describe_backends",
     "select_backend",
     "ssd_chunked",
+    "ssd_fast",
     "ssd_scan",
     "ssd_sequential",
+    "ssd_streaming",
 ]

@@ -11,13 +11,16 @@ is that the decay is one number per head and step. That restriction is what make
 below possible: inside a chunk the recurrence unrolls into a masked "attention" matrix
 (C_l . B_s) * exp(dtA_{s+1} + ... + dtA_l), and across chunks only one state per chunk has to be passed on.
 
-Three ways to compute the same y, all with mamba_chunk_scan_combined's argument conventions:
+Several ways to compute the same y, all with mamba_chunk_scan_combined's argument conventions:
 
 * `ssd_sequential` - the recurrence exactly as written above, one step at a time. Ground truth.
 * `ssd_chunked`    - the chunked SSD algorithm (the four steps of the Mamba-2 paper), in plain PyTorch.
                      Runs anywhere, differentiable, linear memory in the length. The CPU path.
+* `ssd_fast`       - the chunked algorithm again, rearranged for speed on a CPU (one head-major layout,
+                     decays folded into the matmuls); `ssd_streaming` runs it block by block without
+                     gradients, so a 50,000-token scan never holds more than one block's temporaries.
 * `ssd_scan`       - dispatcher: mamba-ssm's Triton kernel or flash-linear-attention's kernel when the
-                     tensors are on CUDA and the package imports, `ssd_chunked` otherwise.
+                     tensors are on CUDA and the package imports, `ssd_fast` / `ssd_streaming` otherwise.
 
 Shapes (letters as in the Mamba-2 paper and ssd_minimal.py):
     b batch, L length, h nheads, p headdim, g ngroups (h % g == 0), n d_state,
@@ -48,6 +51,12 @@ from einops import rearrange, repeat
 # 64, d_state 64), 2 busy shared EPYC cores (benchmarks/results/ssd_cpu.json): Q=16 291 ms, 32 239,
 # 64 237, 128 308, 256 502; 64 was fastest or tied in each of three runs. GPU kernels use 256.
 CPU_CHUNK_SIZE = 64
+GPU_CHUNK_SIZE = 256  # mamba-ssm's kernel default
+
+
+def default_chunk_size(device) -> int:
+    """The chunk length `ssd_scan(chunk_size=None)` uses on `device`: 64 on CPU, 256 on GPUs."""
+    return CPU_CHUNK_SIZE if torch.device(device).type == "cpu" else GPU_CHUNK_SIZE
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,7 +219,115 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=256, D=None, initial_state=None, retu
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3. dispatcher: the fast kernels when they can run, the reference otherwise
+# 3. the same algorithm, fast on a CPU: head-major layout, scalings folded into the matmuls, streaming
+# ---------------------------------------------------------------------------------------------------
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def ssd_fast(x, dt, A, B, C, chunk_size=CPU_CHUNK_SIZE, D=None, initial_state=None, return_final_state=False):
+    """`ssd_chunked` rearranged for speed: same arguments, same result (tests/test_ssd.py checks it in float64).
+
+    What changes, and why (profile of Adventurer-Tiny at 12,546 tokens, 2 threads):
+      * one layout, head-major (b, h, c, Q, ...), made once: every product is then a plain batched matmul
+        over (b, h, c) on contiguous blocks; ssd_chunked's time-major einsums made a copy per product;
+      * the decays are folded into B and C (head-major copies of them: B * exp(to end of chunk) for step 2,
+        C * exp(from start of chunk) for step 4) instead of scaling X and Y afterwards;
+      * step 4 accumulates into step 1's output (baddbmm), and without gradients the Q x Q mask is built
+        in place (subtract, mask, exp, multiply by C.B: one buffer instead of four).
+    Still differentiable (training uses it); float64 stays float64. Memory is that of ssd_chunked: for long
+    sequences without gradients use `ssd_streaming`, which runs this on blocks of chunks.
+    Returns y (b, L, h, p), and the final state (b, h, p, n) if return_final_state.
+    """
+    batch, seqlen, nheads, headdim, ngroups, dstate = _check_shapes(x, dt, A, B, C, D, initial_state)
+    grad = _needs_grad(x, dt, A, B, C, D, initial_state)
+    out_dtype = x.dtype
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
+    Q = chunk_size
+    pad = -seqlen % Q
+    if pad:  # dt = 0 on the padding: decay 1, no input (as in ssd_chunked)
+        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        dt = F.pad(dt, (0, 0, 0, pad))
+    b, h, g, r, n, p = batch, nheads, ngroups, nheads // ngroups, dstate, headdim
+    c = (seqlen + pad) // Q
+
+    # head-major, chunked: (b, h, c, Q, p); group-major B and C: (b, g, 1, c, Q, n)
+    dt_h = dt.permute(0, 2, 1)                                               # (b, h, L) view
+    X = (x.permute(0, 2, 1, 3) * dt_h[..., None]).contiguous().view(b, h, c, Q, p)  # dt_t x_t
+    dA_cumsum = (dt_h * A[:, None]).reshape(b, h, c, Q).cumsum(-1)          # (b, h, c, Q)
+    Bg = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]           # (b, g, 1, c, Q, n) view
+    Cg = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]           # (b, g, 1, c, Q, n) view
+
+    # 1. intra-chunk: Y = (exp(segsum) * C B^T) @ X, per head and chunk
+    CB = torch.matmul(Cg, Bg.transpose(-1, -2))                              # (b, g, 1, c, Q, Q)
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    if grad:
+        M = torch.exp(segsum(dA_cumsum)).view(b, g, r, c, Q, Q) * CB          # (b, g, r, c, Q, Q)
+    else:  # the same, in one buffer
+        M = dA_cumsum[..., :, None] - dA_cumsum[..., None, :]                # (b, h, c, Q, Q)
+        M = M.masked_fill_(~causal, float("-inf")).exp_().view(b, g, r, c, Q, Q).mul_(CB)
+    Y = torch.matmul(M.view(b, h, c, Q, Q), X)                               # (b, h, c, Q, p)
+
+    # 2. chunk states (stored (n, p) per head): (B * exp(dA_{s+1} + ... + dA_Q))^T @ X
+    decay_to_end = torch.exp(dA_cumsum[..., -1:] - dA_cumsum).view(b, g, r, c, Q, 1)
+    B_decayed = (Bg * decay_to_end).view(b, h, c, Q, n)
+    states = torch.matmul(B_decayed.transpose(-1, -2), X)                    # (b, h, c, n, p)
+
+    # 3. inter-chunk recurrence, c steps of (b, h, n, p)
+    chunk_decay = torch.exp(dA_cumsum[..., -1])[..., None, None]             # (b, h, c, 1, 1)
+    if initial_state is None:
+        state = X.new_zeros(b, h, n, p)
+    else:
+        state = initial_state.to(dtype).transpose(-1, -2)                    # (b, h, n, p)
+    states_in = []
+    for states_z, decay_z in zip(states.unbind(2), chunk_decay.unbind(2), strict=True):
+        states_in.append(state)
+        state = torch.addcmul(states_z, decay_z, state)                      # (b, h, n, p)
+    states_in = torch.stack(states_in, dim=2)                                # (b, h, c, n, p)
+
+    # 4. state -> output: Y += (C * exp(dA_1 + ... + dA_l)) @ state_in
+    C_decayed = (Cg * torch.exp(dA_cumsum).view(b, g, r, c, Q, 1)).view(b, h, c, Q, n)
+    Y = torch.matmul(C_decayed, states_in).add_(Y) if not grad else Y + torch.matmul(C_decayed, states_in)
+
+    y = Y.view(b, h, c * Q, p)[:, :, :seqlen].transpose(1, 2)                # (b, L, h, p) view
+    if D is not None:
+        y = torch.addcmul(y, x[:, :seqlen], D.to(dtype)[:, None])
+    y = y.contiguous().to(out_dtype)
+    if return_final_state:  # in the compute dtype (float32 for half inputs): a block boundary loses nothing
+        return y, state.transpose(-1, -2)
+    return y
+
+
+@torch.no_grad()
+def ssd_streaming(x, dt, A, B, C, chunk_size=CPU_CHUNK_SIZE, D=None, initial_state=None,
+                  return_final_state=False, block_chunks=32):
+    """`ssd_fast` over blocks of `block_chunks` chunks in turn, passing the state on: for inference.
+
+    Without gradients nothing of a block is needed after it, so memory is the inputs, the output and one
+    block's temporaries (its (block_chunks x Q x Q x heads) mask: 4 MB at Adventurer-Tiny shapes), never
+    the whole sequence's. The block is a multiple of the chunk, so the chunks (and the result, to rounding)
+    are those of one `ssd_fast` call. Runs under torch.no_grad: use `ssd_fast` to train.
+    """
+    batch, seqlen, nheads, headdim, ngroups, dstate = _check_shapes(x, dt, A, B, C, D, initial_state)
+    block = block_chunks * chunk_size
+    y = torch.empty_like(x)
+    state = initial_state
+    for start in range(0, seqlen, block):
+        part = slice(start, start + block)
+        y[:, part], state = ssd_fast(x[:, part], dt[:, part], A, B[:, part], C[:, part], chunk_size=chunk_size,
+                                     D=D, initial_state=state, return_final_state=True)
+    if return_final_state:
+        if state is None:  # an empty sequence
+            state = x.new_zeros(batch, nheads, headdim, dstate)
+        return y, state
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. dispatcher: the fast kernels when they can run, the reference otherwise
 # ---------------------------------------------------------------------------------------------------
 
 BACKENDS = ("reference", "mamba_ssm", "fla")
@@ -324,17 +441,21 @@ def _ssd_fla(x, dt, A, B, C, D):
     return y
 
 
-def ssd_scan(x, dt, A, B, C, chunk_size=256, D=None, backend="auto"):
+def ssd_scan(x, dt, A, B, C, chunk_size=None, D=None, backend="auto"):
     """y = SSD(x, dt, A, B, C) (+ D * x) with the fastest backend that can run here; see `select_backend`.
 
     Arguments as `ssd_chunked` (dt already positive). Which backend runs is `select_backend(x.device,
-    backend)`; `describe_backends()` says what is available and why not the others. The reference path
-    is `ssd_chunked(chunk_size=chunk_size)`: on CPU pass chunk_size=CPU_CHUNK_SIZE, 256 is the GPU
-    kernels' choice and several times slower on CPU.
+    backend)`; `describe_backends()` says what is available and why not the others. chunk_size=None takes
+    `default_chunk_size(x.device)`: 64 on CPU, 256 (the kernels' choice, several times slower on CPU) on
+    GPUs. The "reference" backend is plain PyTorch: `ssd_fast` when gradients are needed, `ssd_streaming`
+    (the same, in blocks, little memory) when not; both are tested equal to `ssd_chunked`, the readable one.
     """
+    chunk_size = chunk_size or default_chunk_size(x.device)
     name = select_backend(x.device, backend)
     if name == "mamba_ssm":
         return _ssd_mamba_ssm(x, dt, A, B, C, chunk_size, D)
     if name == "fla":
         return _ssd_fla(x, dt, A, B, C, D)
-    return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D)
+    if _needs_grad(x, dt, A, B, C, D):
+        return ssd_fast(x, dt, A, B, C, chunk_size=chunk_size, D=D)
+    return ssd_streaming(x, dt, A, B, C, chunk_size=chunk_size, D=D)
