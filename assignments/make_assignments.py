@@ -21,7 +21,6 @@ filter would strip the same metadata nbstripout strips here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -55,7 +54,7 @@ def normalized(text: str) -> str:
     for index, cell in enumerate(notebook.cells):
         cell["id"] = f"cell-{index:03d}"
     notebook = strip_output(notebook, keep_output=False, keep_count=False, keep_id=True, extra_keys=EXTRA_KEYS)
-    return json.dumps(notebook, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+    return nbformat.writes(notebook) + "\n"  # byte for byte what the git filter commits
 
 
 def otter_assign(name: str, dist: Path) -> dict[str, Path]:
