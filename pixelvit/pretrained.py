@@ -29,6 +29,7 @@ The model comes back in eval mode with `model.pretrained_cfg` (input size, crop,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import math
 import os
@@ -85,11 +86,76 @@ def _check_sha256(path: Path, expected: str, delete: list[Path], what: str) -> N
         )
 
 
+# Is the hub there? Asked once per process, in about a second. Offline, huggingface_hub retries every request
+# five times over ~25 s, with a warning each time, before it gives up; one socket connect says the same at once.
+HUB_PROBE_TIMEOUT_S = 1.5
+_HUB_ANSWERS: dict[str, bool] = {}  # endpoint -> reachable, for this process
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) accepts a connection; False at once under HF_HUB_OFFLINE.
+
+    One TCP connect to the hub's host and port (the name lookup gets the same deadline); the answer is kept
+    for the rest of the process, so a notebook that found the hub unreachable does not wait again.
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    if constants.ENDPOINT not in _HUB_ANSWERS:
+        _HUB_ANSWERS[constants.ENDPOINT] = _accepts_connections(constants.ENDPOINT, timeout)
+    return _HUB_ANSWERS[constants.ENDPOINT]
+
+
+def _accepts_connections(url: str, timeout: float) -> bool:
+    import socket
+    import threading
+
+    parts = urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    found = []
+    # getaddrinfo has no timeout of its own: a dead DNS server can hold it for many seconds, so it runs in a
+    # daemon thread that we stop waiting for
+    lookup = threading.Thread(daemon=True, target=lambda: found.extend(
+        _quiet(socket.getaddrinfo, parts.hostname, port, type=socket.SOCK_STREAM) or []))
+    lookup.start()
+    lookup.join(timeout)
+    for family, kind, proto, _, address in found[:2]:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(address)
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _quiet(function, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable():
+    """Inside: huggingface_hub in offline mode (cache only, no retries) when the hub cannot be reached."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or not hub_reachable()
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def _hub_lfs_sha256(entry: Checkpoint) -> str | None:
     """The sha256 the hub stores for an LFS file (None when offline or unreachable)."""
     from huggingface_hub import HfApi, constants
 
-    if constants.is_offline_mode():
+    if constants.is_offline_mode() or not hub_reachable():
         return None
     try:
         (info,) = HfApi().get_paths_info(entry.repo_id, [entry.filename])
@@ -110,12 +176,15 @@ def download_checkpoint(name: str, cache_dir=None) -> Path:
 
     entry = CATALOG[name]
     try:
-        path = Path(hf_hub_download(entry.repo_id, entry.filename, cache_dir=cache_dir))
+        with _hub_offline_unless_reachable():  # unreachable: the cache only, at once
+            path = Path(hf_hub_download(entry.repo_id, entry.filename, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
-        offline = constants.is_offline_mode()
+        why = (" (HF_HUB_OFFLINE is set)" if constants.is_offline_mode() else
+               f" ({urlparse(constants.ENDPOINT).hostname} did not answer within {HUB_PROBE_TIMEOUT_S} s)"
+               if not hub_reachable() else "")
         raise CheckpointError(
-            f"{name} is not in the Hugging Face cache and cannot be downloaded now"
-            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}. On a machine with internet run\n"
+            f"{name} is not in the Hugging Face cache and cannot be downloaded now{why}. "
+            "On a machine with internet run\n"
             f"    hf download {entry.repo_id} {entry.filename}\n"
             f"(that fills the cache; copy ~/.cache/huggingface/hub along), or download {entry.url}\n"
             f"and pass the local path: pixelvit.load_pretrained('/path/to/{entry.filename}')."
@@ -485,7 +554,8 @@ def _timm_weights(name: str):
     import timm
 
     try:
-        timm_model = timm.create_model(name, pretrained=True)
+        with _hub_offline_unless_reachable():
+            timm_model = timm.create_model(name, pretrained=True)
     except Exception as error:
         raise CheckpointError(
             f"could not get timm's pretrained weights for {name!r}: {type(error).__name__}: {error}\n"

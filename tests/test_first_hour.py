@@ -51,3 +51,74 @@ def test_run_folders_of_folder_datasets_have_short_names(tmp_path):
     name = run_dir_of(config).name
     assert name.startswith("vit_nano-folder-low-8px-p1-10steps-"), name
     assert str(tmp_path.name) not in name
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """The hub's endpoint on a closed local port (no real network), offline mode off, no cached answer.
+
+    Counts every TCP connection attempt to that port."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from pixelvit import pretrained
+
+    endpoint = closed_port_url("").rstrip("/")
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(pretrained, "_HUB_ANSWERS", {})
+    port = int(endpoint.rsplit(":", 1)[1])
+    attempts = []
+    connect = socket.socket.connect
+
+    def counting_connect(sock, address):
+        if isinstance(address, tuple) and address[1] == port:
+            attempts.append(address)
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counting_connect)
+    return attempts
+
+
+def test_offline_load_by_name_fails_at_once_without_retries(unreachable_hub, tmp_path, capsys, caplog):
+    """huggingface_hub alone tries 6 times over ~25 s, printing a 'Retrying' warning each time."""
+    from pixelvit.pretrained import CheckpointError, load_pretrained
+
+    for _ in range(2):  # the second load asks nothing: the answer is kept for the process
+        with pytest.raises(CheckpointError) as raised:
+            load_pretrained("adventurer_tiny_patch1_64", cache_dir=tmp_path / "hub")
+    assert len(unreachable_hub) == 1  # one probe, no download attempts
+    message = str(raised.value)
+    assert "did not answer" in message and "hf download" in message
+    printed = capsys.readouterr()
+    everything = printed.out + printed.err + caplog.text
+    assert "retry" not in everything.lower() and "Connection refused" not in everything
+
+
+def test_hub_probe_honors_offline_mode(unreachable_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    from pixelvit.pretrained import hub_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_reachable() is False and unreachable_hub == []  # not even a probe
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert hub_reachable() is False and len(unreachable_hub) == 1
+
+
+def test_hub_probe_sees_a_listening_hub(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from pixelvit import pretrained
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(pretrained, "_HUB_ANSWERS", {})
+        assert pretrained.hub_reachable() is True
