@@ -2,7 +2,7 @@
 #   make run    create .venv, install the pinned environment, run the main job: the default patch-size
 #               sweep on the generated `specks` data (about 3-5 minutes on 2 CPU cores)
 #   make test   create .venv, install the pinned environment, run the test suite (notebooks included)
-# Other targets: make setup, make bench, make lint, make constraints, make clean.
+# Other targets: make setup, make bench, make lint, make assignments, make constraints, make clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # 2-thread training 10x slower on a shared 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup git-filter run costs test bench lint constraints clean
+.PHONY: setup git-filter run costs test bench lint assignments constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,14 +40,19 @@ costs: setup
 	$(VENV)/bin/pixelvit costs --model vit_tiny --img-size 224 --patch-sizes 16 8 4 2 1 --out outputs
 
 test: setup
-	$(VENV)/bin/ruff check pixelvit tests benchmarks
+	$(VENV)/bin/ruff check pixelvit tests benchmarks assignments/make_assignments.py
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) -m benchmarks
 
+# the course assignments: otter assign every assignments/*/master/*.ipynb into <name>/dist/ (student version,
+# solutions, autograder.zip) and refresh the committed student notebook <name>/student/<name>.ipynb
+assignments: setup
+	$(PY) assignments/make_assignments.py
+
 lint: setup
-	$(VENV)/bin/ruff check pixelvit tests benchmarks
+	$(VENV)/bin/ruff check pixelvit tests benchmarks assignments/make_assignments.py
 
 constraints:
 	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
