@@ -71,10 +71,14 @@ def _entrypoint(name: str):
             return create_model(name, img_size=img_size, **model_kwargs)
 
         out_indices = kwargs.pop("out_indices", get_config(name).depth)  # features_only: every block by default
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             model_cls, TIMM_NAMES[name], pretrained,
             feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
         )
+        # the cfg describes the name's default size; this instance may have been built at another one
+        patch_embed = getattr(model, "model", model).patch_embed  # (features_only wraps the model)
+        model.pretrained_cfg["input_size"] = (patch_embed.in_chans, *patch_embed.img_size)
+        return model
 
     build.__name__ = build.__qualname__ = TIMM_NAMES[name]  # timm registers a function under its __name__
     build.__module__ = __name__
