@@ -32,16 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixelvit.models.layers import at_least_float32
-from pixelvit.ops import ssd
 from pixelvit.ops import mixer as mixer_fast_paths
-
-
-def ssd_scan(x, dt, A, B, C, chunk_size=None, D=None, backend="auto"):
-    """pixelvit.ops.ssd.ssd_scan, with chunk_size=None meaning "the device's best" (64 on CPU, else 256).
-    TEMPORARY (H10 -> H13): remove once pixelvit.ops.ssd.ssd_scan accepts chunk_size=None itself."""
-    if chunk_size is None:
-        chunk_size = ssd.CPU_CHUNK_SIZE if x.device.type == "cpu" else 256
-    return ssd.ssd_scan(x, dt, A, B, C, chunk_size=chunk_size, D=D, backend=backend)
+from pixelvit.ops.ssd import ssd_scan  # chunk_size=None: the scan picks the device's best (64 on CPU)
 
 # Calls kept as calls when torch.fx traces the model (they branch on dtypes and devices); see models.layers.
 torch.fx.wrap("ssd_scan")
