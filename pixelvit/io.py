@@ -7,6 +7,7 @@ tables) goes through here, so an interrupted run never leaves a half-written fil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from pixelvit import __version__
 
 CHUNK_BYTES = 1 << 20
 
@@ -148,9 +151,7 @@ def save_model(model, directory, extra: dict | None = None) -> Path:
     Weights that are NaN or infinite raise NonFiniteWeights before anything is written: no file
     pixelvit writes holds them.
     """
-    import dataclasses
-
-    import torch
+    import torch  # not at the top: `pixelvit costs` and the downloads need pixelvit.io without torch
     from safetensors.torch import save as safetensors_bytes
 
     directory = Path(directory)
@@ -161,8 +162,6 @@ def save_model(model, directory, extra: dict | None = None) -> Path:
                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     with atomic_write(directory / WEIGHTS_NAME) as handle:
         handle.write(safetensors_bytes(state))
-    from pixelvit import __version__
-
     meta = {
         "arch": model.arch,
         "config": dataclasses.asdict(model.config),

@@ -55,6 +55,7 @@ import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pixelvit.cli import UserError, report_user_errors
@@ -208,8 +209,26 @@ def run_dir_of(config: TrainConfig, digest: str | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# The pieces of a training step
+# The pieces of the training loop
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What the loop's helpers need to know about this run (fixed once the data is loaded)."""
+
+    config: TrainConfig
+    digest: str
+    run_dir: Path
+    processes: Processes
+    device: torch.device
+    task: Task
+    steps_per_epoch: int = 0
+
+    def autocast(self):
+        """bf16 autocast on CUDA when amp is on; a no-op context on CPU."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.amp and self.device.type == "cuda")
 
 
 @dataclass
@@ -233,6 +252,16 @@ class Recipe:
         mixer = task.batch_mixer(config, data)
         return cls(optimizer, scheduler, ema, mixer, task.criterion(config, mixing=mixer is not None))
 
+    def after_step(self, model, step: int):
+        """The learning rate for the next step, and the EMA of the weights just updated."""
+        self.scheduler.step_update(step)
+        if self.ema is not None:
+            self.ema.update(model, step=step)
+
+    def eval_model(self, model):
+        """The weights a run is judged by: the EMA's when EMA is on."""
+        return self.ema.module if self.ema is not None else model
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "ema": self.ema.module.state_dict() if self.ema is not None else None}
@@ -243,82 +272,90 @@ class Recipe:
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])
 
-    def eval_model(self, model):
-        """The weights a run is judged by: the EMA's when EMA is on."""
-        return self.ema.module if self.ema is not None else model
-
 
 @dataclass
 class Progress:
-    """How far the run is; saved in every checkpoint. Times are summed over resumes."""
+    """How far the run is (saved in every checkpoint; times summed over resumes), and the log window."""
 
     step: int = 0
     trained_images: int = 0
-    trained_s: float = 0.0  # loading + training, for throughput
+    trained_s: float = 0.0  # loading + training, for throughput; not evaluation or checkpoint time
     elapsed_before: float = 0.0  # wall time of earlier attempts
     started: float = field(default_factory=time.perf_counter)
+    clock: float = field(default_factory=time.perf_counter)  # when the current step began
+    window: list = field(default_factory=list)  # (loss, seconds) of the steps since the last log line
+
+    def count(self, loss: float, images: int):
+        seconds, self.clock = time.perf_counter() - self.clock, time.perf_counter()
+        self.trained_s, self.trained_images = self.trained_s + seconds, self.trained_images + images
+        self.window.append((loss, seconds))
+
+    def log_line(self, run: Run, lr: float) -> dict:
+        """metrics.jsonl's train line for the steps since the last one (and a new window)."""
+        losses, seconds = zip(*self.window, strict=True)
+        self.window = []
+        return {"kind": "train", "step": self.step, "epoch": self.step / run.steps_per_epoch,
+                "loss": sum(losses) / len(losses), "lr": lr,
+                "images_per_s": len(losses) * run.config.batch_size / sum(seconds), "wall_s": self.wall_s()}
 
     def wall_s(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
 
-class NonFinite(Exception):
-    def __init__(self, what: str, value: float):
-        super().__init__(f"{what} is {value}")
-
-
-def training_step(train_model, images, targets, recipe: Recipe, clip_grad: float, autocast, processes) -> float:
+def training_step(train_model, images, targets, recipe: Recipe, run: Run, step: int) -> float:
     """Forward, backward, gradient clipping, update: the mean loss of the global batch.
 
-    Raises NonFinite before the update when any process's loss, or the gradient norm, is NaN or
-    infinite. The norm is measured (and checked) with clipping off too; it only clips when clip_grad > 0.
+    Stops the run (TrainingDiverged) before the update when any process's loss, or the gradient norm,
+    is NaN or infinite. The norm is measured and checked with clipping off too; it clips only when
+    clip_grad > 0 (max_norm inf scales by exactly 1).
     """
     if recipe.mixer is not None:
         images, targets = recipe.mixer(images, targets)
-    with autocast():
+    with run.autocast():
         outputs = train_model(images)
     loss = recipe.criterion(outputs.float(), targets)
     local = loss.item()
-    loss_sum, bad = processes.sum([local, 0.0 if math.isfinite(local) else 1.0], images.device)
+    loss_sum, bad = run.processes.sum([local, 0.0 if math.isfinite(local) else 1.0], run.device)
     if bad:
-        raise NonFinite("the training loss", local if not math.isfinite(local) else loss_sum)
+        raise diverged(f"the training loss is {local if not math.isfinite(local) else loss_sum}", step, run)
     recipe.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(train_model.parameters(), clip_grad or math.inf).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(train_model.parameters(), run.config.clip_grad or math.inf).item()
     if not math.isfinite(grad_norm):
-        raise NonFinite("the gradient norm", grad_norm)
+        raise diverged(f"the gradient norm is {grad_norm}", step, run)
     recipe.optimizer.step()
-    return loss_sum / processes.world_size
+    return loss_sum / run.processes.world_size
 
 
-def diverged(problem: Exception, step: int, run_dir: Path) -> TrainingDiverged:
-    """The message for a stopped run: what went wrong, and what to do (lr is in the run hash)."""
-    last = latest_checkpoint(run_dir)
-    restart = ("start a new run with a lower --lr, more --warmup-steps or --clip-grad 1 (each a new run "
-               "folder, since they change the run hash)")
+def diverged(problem: str, step: int, run: Run) -> TrainingDiverged:
+    """The message for a stopped run: what went wrong, and what works (lr is in the run hash)."""
+    last = latest_checkpoint(run.run_dir)
+    advice = ("start a new run with a lower --lr, more --warmup-steps or --clip-grad 1 (each a new run "
+              "folder, since they change the run hash)")
     if last is not None:
-        restart += f", or continue from the last good weights (step {checkpoint_step(last)}) with --init-from {last}"
-    return TrainingDiverged(f"{problem} at step {step + 1} of {run_dir}; stopped before applying that update. "
-                            f"To go on, {restart}.")
+        advice += f", or continue from the last good weights (step {checkpoint_step(last)}) with --init-from {last}"
+    return TrainingDiverged(f"{problem} at step {step + 1} of {run.run_dir}; stopped before applying that "
+                            f"update. To go on, {advice}.")
 
 
 @torch.no_grad()
-def evaluate(model, loader, task: Task, autocast, processes: Processes, device) -> dict:
+def evaluate(model, loader, run: Run) -> dict:
     """The task's test metrics over every test image, summed over processes."""
     was_training = model.training
     model.eval()
     sums = None
     for images, targets in loader:
-        with autocast():
+        with run.autocast():
             outputs = model(images)
-        batch = task.eval_sums(outputs.float(), targets)
+        batch = run.task.eval_sums(outputs.float(), targets)
         sums = batch if sums is None else [a + b for a, b in zip(sums, batch, strict=True)]
     model.train(was_training)
-    return task.summarize(processes.sum(sums, device))
+    return run.task.summarize(run.processes.sum(sums, run.device))
 
 
-def build_data_in_turn(task: Task, config: TrainConfig, img_size: int, processes: Processes, progress: bool):
+def build_data_in_turn(task: Task, config: TrainConfig, processes: Processes, progress: bool) -> TaskData:
     """Rank 0 builds the dataset cache first; the other processes then read it."""
+    img_size = config.img_size or task.native_img_size(config.dataset)
     if not processes.main:
         processes.barrier()
     data = task.build_data(config, img_size, progress=progress and processes.main)
@@ -330,44 +367,80 @@ def build_data_in_turn(task: Task, config: TrainConfig, img_size: int, processes
     return data
 
 
-def wrap_for_training(model, config: TrainConfig, processes: Processes, device):
+def wrap_for_training(model, run: Run):
     """The module the training step calls: DDP (gradients averaged over processes) and/or compiled."""
-    if config.grad_checkpointing:
+    if run.config.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    if processes.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(model) if config.compile else model
+    if run.processes.distributed:
+        model = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    return torch.compile(model) if run.config.compile else model
 
 
-def autocast_for(config: TrainConfig, device):
-    enabled = config.amp and device.type == "cuda"
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def loaders(data: TaskData, run: Run) -> tuple:
+    """(batches of one epoch from a given step on, the test batches), each process its share."""
+    config, processes = run.config, run.processes
+
+    def epoch_batches(step: int):
+        epoch, first_batch = divmod(step, run.steps_per_epoch)  # resume mid-epoch: skip the done batches
+        sampler = EpochBatchSampler(len(data.train_set), config.batch_size, config.seed, epoch, first_batch,
+                                    processes.rank, processes.world_size)
+        return make_loader(data.train_set, sampler, run.device, config.num_workers)
+
+    test_sampler = EvalBatchSampler(len(data.test_set), 256, processes.rank, processes.world_size)
+    return epoch_batches, make_loader(data.test_set, test_sampler, run.device, config.num_workers)
 
 
-def save_training_checkpoint(run_dir, model, recipe, progress, config, digest, steps_per_epoch, processes):
-    """Every process takes part (it gathers every process's generators); rank 0 writes."""
-    state = {
-        "step": progress.step, "epoch": progress.step // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-        "batch_in_epoch": progress.step % steps_per_epoch, "seed": config.seed, "config_hash": digest,
-        "elapsed_s": progress.wall_s(), "trained_images": progress.trained_images, "trained_s": progress.trained_s,
-        **recipe.state_dict(), "rng_by_rank": processes.gather(random_state()),
-    }
-    if processes.main:
-        save_checkpoint(run_dir, progress.step, model, state)
-    processes.barrier()
-
-
-def resume(checkpoint: Path, model, recipe: Recipe, digest: str, steps_per_epoch: int) -> tuple[Progress, list]:
-    """Weights, optimizer, schedule and EMA from `checkpoint`; the progress and the saved generators."""
+def resume(checkpoint: Path, model, recipe: Recipe, run: Run) -> Progress:
+    """Weights, optimizer, schedule and EMA from `checkpoint`, then (last) this process's generators."""
     state = load_checkpoint(checkpoint, model)
-    if state["config_hash"] != digest or state["steps_per_epoch"] != steps_per_epoch:
+    if state["config_hash"] != run.digest or state["steps_per_epoch"] != run.steps_per_epoch:
         raise RunDirConflict(f"{checkpoint} belongs to a run with another config; delete it or use --restart")
     recipe.load_state_dict(state)
-    progress = Progress(step=state["step"], trained_images=state["trained_images"], trained_s=state["trained_s"],
-                        elapsed_before=state["elapsed_s"])
-    return progress, state["rng_by_rank"]
+    generators = state["rng_by_rank"]
+    set_random_state(generators[min(run.processes.rank, len(generators) - 1)])
+    return Progress(step=state["step"], trained_images=state["trained_images"], trained_s=state["trained_s"],
+                    elapsed_before=state["elapsed_s"])
+
+
+def save_training_checkpoint(model, recipe: Recipe, progress: Progress, run: Run):
+    """Every process takes part (it gathers every process's generators); rank 0 writes."""
+    state = {
+        "step": progress.step, "epoch": progress.step // run.steps_per_epoch, "steps_per_epoch": run.steps_per_epoch,
+        "batch_in_epoch": progress.step % run.steps_per_epoch, "seed": run.config.seed, "config_hash": run.digest,
+        "elapsed_s": progress.wall_s(), "trained_images": progress.trained_images, "trained_s": progress.trained_s,
+        **recipe.state_dict(), "rng_by_rank": run.processes.gather(random_state()),
+    }
+    if run.processes.main:
+        try:
+            save_checkpoint(run.run_dir, progress.step, model, state)
+        except NonFiniteWeights as problem:  # never on disk; the step's update is what made them
+            raise diverged(str(problem), progress.step - 1, run) from None
+    run.processes.barrier()
+
+
+def finish(model, recipe: Recipe, test_loader, progress: Progress, run: Run, metrics: MetricsLog) -> RunResult:
+    """Evaluate the final weights (and the raw ones under EMA), save them, write result.json."""
+    final = evaluate(recipe.eval_model(model), test_loader, run)
+    raw = evaluate(model, test_loader, run) if recipe.ema is not None else {}
+    result = RunResult(
+        run_dir=str(run.run_dir), top1=final.get("top1"), eval_loss=final["eval_loss"], top1_raw=raw.get("top1"),
+        steps=progress.step, epochs=progress.step / run.steps_per_epoch, wall_s=progress.wall_s(),
+        images_per_s=progress.trained_images / max(progress.trained_s, 1e-9),
+        params=sum(p.numel() for p in model.parameters()), tokens=int(model.num_tokens),
+        device=describe_device(run.device), world_size=run.processes.world_size,
+        config=dataclasses.asdict(run.config), config_hash=run.digest, metrics=final,
+        replicas_in_sync=replicas_in_sync(model, run.processes) if run.processes.distributed else None,
+    )
+    metrics.write({"kind": "eval", "step": progress.step, "epoch": result.epochs, **final,
+                   "top1_raw": result.top1_raw, "wall_s": result.wall_s})
+    if run.processes.main:
+        extra = {"top1": result.top1, "dataset": run.config.dataset, "steps": progress.step, "ema": bool(recipe.ema)}
+        try:
+            finish_run(run.run_dir, recipe.eval_model(model), result, extra=extra)
+        except NonFiniteWeights as problem:
+            raise diverged(str(problem), progress.step - 1, run) from None
+    run.processes.barrier()
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,97 +461,51 @@ def train(config: TrainConfig, progress: bool = True) -> RunResult:
     owns_group = processes.start(device)
     try:
         task = get_task(config.task)
-        img_size = config.img_size or task.native_img_size(config.dataset)
-        data = build_data_in_turn(task, config, img_size, processes, progress)
-        steps_per_epoch = len(data.train_set) // config.batch_size
+        data = build_data_in_turn(task, config, processes, progress)
+        run = Run(config, digest, run_dir, processes, device, task, len(data.train_set) // config.batch_size)
         seed_everything(config.seed)  # every generator, every run and stage: same config, same weights
         model = task.build_model(config, data).to(device)
         recipe = Recipe.create(config, model, task, data)
-        train_model, autocast = wrap_for_training(model, config, processes, device), autocast_for(config, device)
-        test_loader = make_loader(data.test_set, EvalBatchSampler(len(data.test_set), 256, processes.rank,
-                                                                  processes.world_size), device, config.num_workers)
+        train_model = wrap_for_training(model, run)
+        epoch_batches, test_loader = loaders(data, run)
 
-        # ---- resume from the last checkpoint, if there is one; its generators are restored last ----
-        state, checkpoint = Progress(), latest_checkpoint(run_dir)
-        if checkpoint is not None:
-            state, generators = resume(checkpoint, model, recipe, digest, steps_per_epoch)
-            set_random_state(generators[min(processes.rank, len(generators) - 1)])
+        # ---- resume from the last checkpoint, if there is one (its generators are restored last) ----
+        checkpoint = latest_checkpoint(run_dir)
+        state = resume(checkpoint, model, recipe, run) if checkpoint is not None else Progress()
         recipe.scheduler.step_update(state.step)
-        params, tokens = sum(p.numel() for p in model.parameters()), int(model.num_tokens)
         if processes.main:
             write_run_record(run_dir, {"config": dataclasses.asdict(config), "config_hash": digest,
-                                       "img_size": img_size, **data.record, "params": params, "tokens": tokens,
-                                       "resumed_from_step": state.step}, device, processes)
+                                       "img_size": data.img_size, **data.record, "resumed_from_step": state.step,
+                                       "params": sum(p.numel() for p in model.parameters()),
+                                       "tokens": int(model.num_tokens)}, device, processes)
         metrics = MetricsLog(run_dir / "metrics.jsonl", processes.main, state.step)
 
         # ---- the loop: one optimizer step per global batch; log, evaluate and checkpoint now and then ----
         bar = tqdm(total=config.steps, initial=state.step, desc=run_dir.name[:40], unit="step",
                    disable=not (progress and processes.main), dynamic_ncols=True)
-        window = []  # (loss, seconds) since the last log line
         train_model.train()
-        step_clock = time.perf_counter()
+        state.clock = time.perf_counter()
         while state.step < config.steps:
-            epoch, first_batch = divmod(state.step, steps_per_epoch)
-            sampler = EpochBatchSampler(len(data.train_set), config.batch_size, config.seed, epoch, first_batch,
-                                        processes.rank, processes.world_size)
-            for images, targets in make_loader(data.train_set, sampler, device, config.num_workers):
-                try:
-                    loss = training_step(train_model, images, targets, recipe, config.clip_grad, autocast, processes)
-                except NonFinite as problem:
-                    raise diverged(problem, state.step, run_dir) from None
+            for images, targets in epoch_batches(state.step):
+                loss = training_step(train_model, images, targets, recipe, run, state.step)
                 state.step += 1
-                recipe.scheduler.step_update(state.step)
-                if recipe.ema is not None:
-                    recipe.ema.update(model, step=state.step)
-                seconds = time.perf_counter() - step_clock  # loading + training, not evaluation or saving
-                state.trained_s, state.trained_images = state.trained_s + seconds, state.trained_images + config.batch_size
-                window.append((loss, seconds))
+                recipe.after_step(model, state.step)
+                state.count(loss, config.batch_size)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                end_of_epoch, last = state.step % steps_per_epoch == 0, state.step == config.steps
+                end_of_epoch, last = state.step % run.steps_per_epoch == 0, state.step == config.steps
                 if state.step % config.log_every == 0 or end_of_epoch or last:
-                    metrics.write({"kind": "train", "step": state.step, "epoch": state.step / steps_per_epoch,
-                                   "loss": sum(w[0] for w in window) / len(window),
-                                   "lr": recipe.optimizer.param_groups[0]["lr"],
-                                   "images_per_s": len(window) * config.batch_size / sum(w[1] for w in window),
-                                   "wall_s": state.wall_s()})
-                    window = []
+                    metrics.write(state.log_line(run, lr=recipe.optimizer.param_groups[0]["lr"]))
                 if config.eval_every and state.step % config.eval_every == 0 and not last:
-                    record = evaluate(recipe.eval_model(model), test_loader, task, autocast, processes, device)
-                    metrics.write({"kind": "eval", "step": state.step, "epoch": state.step / steps_per_epoch,
-                                   **record, "wall_s": state.wall_s()})
+                    metrics.write({"kind": "eval", "step": state.step, "epoch": state.step / run.steps_per_epoch,
+                                   **evaluate(recipe.eval_model(model), test_loader, run), "wall_s": state.wall_s()})
                 if not last and (end_of_epoch or (config.checkpoint_every and state.step % config.checkpoint_every == 0)):
-                    try:
-                        save_training_checkpoint(run_dir, model, recipe, state, config, digest, steps_per_epoch,
-                                                 processes)
-                    except NonFiniteWeights as problem:
-                        raise diverged(problem, state.step - 1, run_dir) from None
-                step_clock = time.perf_counter()
+                    save_training_checkpoint(model, recipe, state, run)
+                state.clock = time.perf_counter()  # evaluation and saving do not count as training time
                 if last:
                     break
         bar.close()
-
-        # ---- finish: evaluate the final weights, save them and the result ----
-        final = evaluate(recipe.eval_model(model), test_loader, task, autocast, processes, device)
-        raw = evaluate(model, test_loader, task, autocast, processes, device) if recipe.ema is not None else None
-        result = RunResult(
-            run_dir=str(run_dir), top1=final.get("top1"), eval_loss=final["eval_loss"],
-            top1_raw=raw.get("top1") if raw else None, steps=state.step, epochs=state.step / steps_per_epoch,
-            wall_s=state.wall_s(), images_per_s=state.trained_images / max(state.trained_s, 1e-9), params=params,
-            tokens=tokens, device=describe_device(device), world_size=processes.world_size,
-            config=dataclasses.asdict(config), config_hash=digest, metrics=final,
-            replicas_in_sync=replicas_in_sync(model, processes) if processes.distributed else None,
-        )
-        metrics.write({"kind": "eval", "step": state.step, "epoch": result.epochs, **final,
-                       "top1_raw": result.top1_raw, "wall_s": result.wall_s})
-        if processes.main:
-            try:
-                finish_run(run_dir, recipe.eval_model(model), result, extra={
-                    "top1": result.top1, "dataset": config.dataset, "steps": state.step, "ema": recipe.ema is not None})
-            except NonFiniteWeights as problem:
-                raise diverged(problem, state.step - 1, run_dir) from None
-        processes.barrier()
-        return result
+        return finish(model, recipe, test_loader, state, run, metrics)
     finally:
         if owns_group:
             dist.destroy_process_group()
