@@ -161,7 +161,12 @@ def plot(rows: list[dict], path, paper: bool = False):
     """
     from pixelvit.viz import sweep_figure
 
-    figure = sweep_figure(rows, paper_reference() if paper else None)
+    if rows and rows[0].get("miou") not in (None, "") and rows[0].get("top1") in (None, ""):  # segmentation
+        from pixelvit.dense.report import sweep_figure as segmentation_figure
+
+        figure = segmentation_figure(rows, paper=paper)  # mIoU, the decoder's lead, the paper's Table 2
+    else:
+        figure = sweep_figure(rows, paper_reference() if paper else None)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)

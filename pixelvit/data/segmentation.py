@@ -26,7 +26,7 @@ matters most where the tokens are coarsest: the paper's Table 2 observation, sma
 
 ## cifar10_mosaic
 
-Real images for the same question: each 32x32 mosaic takes 2 or 3 CIFAR-10 images of different classes
+Real images for the same question: each mosaic (32x32 natively; smaller sizes resize the photos first) takes 2 or 3 CIFAR-10 images of different classes
 and shows, at every pixel, the pixel of one of them (the one whose warped Voronoi cell it falls in), so the
 borders between classes are irregular and cut through objects. The label is the source image's class. It
 reads the shared course copy (`../shared/data/cifar10_jpeg.tar.gz`, dataset `cifar10_jpeg`) when present,
@@ -286,9 +286,10 @@ def load_segmentation(name: str, split: str = "train", img_size: int | None = No
         source = cifar_source(root)
 
         def build():
-            from pixelvit.data.catalog import load_split
+            from pixelvit.data.catalog import load_split, resized
 
-            photos = load_split(source, split, img_size, root, progress=progress)
+            # the 32 px photos (cached by pixelvit.data), resized here: no second decode of 60,000 JPEGs
+            photos = resized(load_split(source, split, 32, root, progress=progress), img_size)
             return mosaic_from(photos.images, photos.labels, photos.classes, MOSAIC_SPLIT_SIZES[split],
                                0, SPLIT_STREAMS[split])
         path = cache / f"cifar10_mosaic-v1-from-{source}-{img_size}px-{split}.npz"
