@@ -35,6 +35,8 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "07_explorer.ipynb"
 SCREENSHOT = REPO / "test-artifacts" / "explorer.png"
+# committed figures that a student opens in JupyterLab: screenshots land in test-artifacts/figures/
+FIGURES = {f"{path.parent.name}-sweep.png": path for path in sorted(REPO.glob("results/*/sweep.png"))}
 CHROMIUM_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -109,6 +111,8 @@ def jupyterlab(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     shutil.copy(NOTEBOOK, notebooks / NOTEBOOK.name)
+    for name, figure in FIGURES.items():
+        shutil.copy(figure, notebooks / name)
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, **write_jupyter_dirs(tmp_path / "jupyter")}
     log = open(tmp_path / "jupyterlab.log", "w")
@@ -229,3 +233,35 @@ def test_explorer_slider_redraws(browser_page, jupyterlab):  # browser first: a 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_committed_figures_show_whole_in_jupyterlab(browser_page, jupyterlab):
+    """Each results/*/sweep.png opens in JupyterLab's image viewer whole (natural size, inside the panel);
+    a screenshot of the viewer goes to test-artifacts/figures/ to look at as a student sees it."""
+    from PIL import Image
+
+    assert FIGURES, "no committed sweep figures found under results/"
+    base, token = jupyterlab
+    page = browser_page
+    page.set_default_timeout(60_000)
+    page.set_viewport_size({"width": 1700, "height": 1200})  # a large laptop screen: room for the figure
+    folder = REPO / "test-artifacts" / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    visible_img = "[...document.querySelectorAll('.jp-ImageViewer img')].filter(i => i.offsetParent !== null).pop()"
+    for index, (name, path) in enumerate(FIGURES.items()):
+        page.goto(f"{base}/lab/tree/{name}?token={token}" + ("&reset" if index == 0 else ""))
+        page.wait_for_function(f"() => {{ const i = {visible_img}; return !!i && i.complete && i.naturalWidth > 0; }}",
+                               timeout=SERVER_START_S * 1000)
+        if index == 0:  # the file browser off: the figure gets the width of the window
+            page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+            page.wait_for_timeout(500)
+        natural, inside = page.evaluate(f"""() => {{
+            const i = {visible_img}, box = i.getBoundingClientRect();
+            const panel = i.closest('.jp-ImageViewer').getBoundingClientRect();
+            return [[i.naturalWidth, i.naturalHeight], box.left >= panel.left - 1 && box.right <= panel.right + 1
+                    && box.top >= panel.top - 1 && box.bottom <= panel.bottom + 1];
+        }}""")
+        assert tuple(natural) == Image.open(path).size  # the committed figure itself
+        assert inside, f"{name} does not fit JupyterLab's panel at 1700 x 1200"
+        page.locator(".jp-ImageViewer").filter(has=page.locator("img:visible")).last.screenshot(path=str(folder / name))
+        assert (folder / name).stat().st_size > 10_000
