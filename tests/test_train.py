@@ -425,6 +425,8 @@ BAD_ARGUMENTS = {
     "unknown-model": (["--model", "nonexistent"], "unknown model 'nonexistent'"),
     "unknown-model-field": (["--model-arg", "widht=3"], "widht"),
     "bad-stage": (["--stages", "16"], "IMG_SIZE:STEPS"),
+    "missing-init-from": (["--init-from", "/nonexistent/model"], "is not a pixelvit model directory"),
+    "negative-lr": (["--lr", "-1"], "--lr must be > 0"),
 }
 
 
