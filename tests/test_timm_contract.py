@@ -302,3 +302,17 @@ def test_every_pixelvit_name_builds_through_pixelvit_create_model(name):
     img = {1: 8, 8: 16}.get(config.patch_size, 32)
     model = create_model(name, img_size=img, depth=1)
     assert model.pretrained_cfg["architecture"] == name and model(torch.randn(1, 3, img, img)).shape[-1] == config.num_classes
+
+
+def test_a_sweep_of_both_nano_models_needs_no_config_matching_and_a_bad_override_stops_before_any_run(tmp_path, capsys):
+    """Notebook 04 used to suggest adding adventurer_micro to a sweep slimmed with ViT's num_heads: it failed
+    only after the ViT runs had finished. Named models need no slimming; a bad override fails first."""
+    from pixelvit import sweep
+
+    configs, _ = sweep.configs_from_args(sweep.build_parser().parse_args(["--model", "vit_nano", "adventurer_nano"]))
+    assert {c.model for c in configs} == {"vit_nano", "adventurer_nano"} and all(c.model_args == {} for c in configs)
+    runs = tmp_path / "runs"
+    code = sweep.main(["--model", "vit_nano", "adventurer_nano", "--model-arg", "num_heads=2", "--runs-dir", str(runs),
+                       "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    assert code == 2 and "AdventurerConfig has no field(s) ['num_heads']" in capsys.readouterr().err
+    assert not runs.exists()  # not even the ViT runs started
