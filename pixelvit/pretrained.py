@@ -44,6 +44,9 @@ import torch
 
 from pixelvit.catalog import CATALOG, Checkpoint
 from pixelvit.io import CONFIG_NAME, WEIGHTS_NAME, DownloadError, download_url, read_model_files, sha256_file
+from pixelvit.models import MODELS, create_model, get_config, list_models, model_from_config
+from pixelvit.models.timm_registry import TIMM_NAMES
+from pixelvit.resample import CLASS_TOKEN_POSITION, resample_patch_embed, resample_pos_embed
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / ModelEmaV2, torch.compile
 STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")  # where training scripts put the weights
@@ -227,8 +230,6 @@ def checkpoint_file(name_or_path, sha256: str | None = None, cache_dir=None) -> 
         url_hash = hashlib.sha256(text.encode()).hexdigest()[:12]  # two URLs, same file name: two files
         dest = Path(cache_dir or default_cache_dir()) / url_hash / Path(urlparse(text).path).name
         return download_url(text, dest, sha256=sha256), entry
-    from pixelvit.models import MODELS
-
     hint = ""
     if text in MODELS:
         hint = (f" ({text!r} names an architecture: create_model({text!r}) builds it with random weights; "
@@ -424,8 +425,6 @@ def filter_state_dict(checkpoint, model, *, model_ema: bool = False, notes: list
     (the model keeps its fresh one); resamples pos_embed (class token kept where the arch keeps it) and the
     patch filters when the model's grid or patch differ (pixelvit.resample).
     """
-    from pixelvit.resample import CLASS_TOKEN_POSITION, resample_patch_embed, resample_pos_embed
-
     notes = [] if notes is None else notes
     state, _, stripped = pick_state_dict(checkpoint, model_ema)
     notes += stripped
@@ -505,8 +504,6 @@ def _model_name_and_overrides(shape: StateDictShape, hint: str | None = None) ->
     """A registered model of this arch, width and depth (the training script's name first), with every
     field the shapes determine. ViT's head count is invisible in the shapes: a registered model's, else
     64-dim heads, as all paper sizes use (pass num_heads=... otherwise)."""
-    from pixelvit.models import get_config, list_models
-
     arch, config = shape.arch, dict(shape.config)
     names = list_models(f"{arch}_*")
     for name in ([hint] if hint in names else []) + names:
@@ -572,8 +569,6 @@ def _is_timm_name(text: str) -> bool:
     """A timm model name, not one of pixelvit's own (which pixelvit registers with timm too)."""
     import timm
 
-    from pixelvit.models.timm_registry import TIMM_NAMES
-
     base = text.split(".")[0]
     return "/" not in text and base not in TIMM_NAMES and base not in TIMM_NAMES.values() and timm.is_model(base)
 
@@ -586,8 +581,6 @@ def build_model(source: Source, state: dict, *, model: str | None = None, num_cl
     a released checkpoint's) or the catalog entry, with the geometry from the shapes; else a registered
     model whose width and depth fit the shapes. num_classes=None keeps the checkpoint's head size.
     """
-    from pixelvit.models import create_model, get_config, model_from_config
-
     notes = [] if notes is None else notes
     shape = describe_state_dict(state)
     classes = shape.num_classes if num_classes is None else num_classes

@@ -332,3 +332,24 @@ def test_numpy_scalars_are_allowed(tmp_path):
 def test_architecture_name_is_not_a_checkpoint():
     with pytest.raises(CheckpointError, match="adventurer_tiny_patch16_224"):
         load_pretrained("adventurer_tiny_patch16")  # registered with timm by pixelvit, but no weights
+
+
+def test_filter_state_dict_unwraps_strips_drops_the_head_and_resamples():
+    """timm's checkpoint_filter_fn steps in one place: the result equals resize_model's weights."""
+    from pixelvit.pretrained import filter_state_dict
+    from pixelvit.resample import resize_model
+
+    torch.manual_seed(0)
+    source = create_model("adventurer_nano", img_size=16, patch_size=4).eval()
+    checkpoint = {"model": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 1}
+    target = create_model("adventurer_nano", img_size=32, patch_size=2, num_classes=3)
+    notes = []
+    state = filter_state_dict(checkpoint, target, notes=notes)
+    expected = resize_model(source, img_size=32, patch_size=2).state_dict()
+    assert set(state) == set(expected) - {"head.weight", "head.bias"}
+    for key, value in state.items():
+        assert torch.equal(value, expected[key]), key
+    text = " | ".join(notes)
+    for fragment in ("stripped 'module.'", "dropped head.weight, head.bias (10 classes)", "resampled patch_embed",
+                     "resampled pos_embed"):
+        assert fragment in text

@@ -163,7 +163,9 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     runtime = {k: kwargs.pop(k) for k in RUNTIME_ARGS[arch] if k in kwargs}
     model = ARCHS[arch][1](get_config(name, **kwargs), **runtime)
-    model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "architecture": name}
+    # the name's cfg (paper ids, ...) with this instance's own input size and head
+    model.pretrained_cfg = model.default_cfg = {**timm_registry.model_cfg(name), **model.pretrained_cfg,
+                                                "architecture": name}
     return model
 
 
