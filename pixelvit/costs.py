@@ -100,24 +100,25 @@ def _vit_costs(config) -> dict:
 # Adventurer (Mamba-2 mixer + SwiGLU MLP)
 # ---------------------------------------------------------------------------------------------
 def ssd_flops(length: int, nheads: int, headdim: int, d_state: int, ngroups: int, chunk_size: int) -> int:
-    """Matrix-product FLOPs of the chunked SSD scan (pixelvit.ops.ssd.ssd_chunked) for one sequence.
+    """Matrix-product FLOPs of the chunked SSD scan (pixelvit.ops.ssd) over the `length` real tokens.
 
-    The sequence is padded to a multiple of the chunk size Q; with c = L/Q chunks:
-      1. intra-chunk: C B^T per chunk and group (2 L Q G N), times X per head (2 L Q H P)
-      2. chunk states: B^T X per chunk (2 L H P N)
-      3. inter-chunk recurrence over c+1 states (2 H (c+1)^2 P N, negligible)
-      4. states to outputs: C times the carried state (2 L H P N)
+    With chunks of Q = min(chunk_size, length) tokens, every token does:
+      1. intra-chunk: its row of C B^T in its chunk and group (2 Q G N), times X per head (2 Q H P)
+      2. chunk states: its share of B^T X (2 H P N)
+      4. states to outputs: C times the carried state (2 H P N)
+    Step 3 (passing one state per chunk along the chunks) is element-wise and, as everywhere here, not
+    counted. The implementations pad the last chunk with zeros; that padding is not work a scan has to
+    do, so it is not counted either (FlopCounterMode does count it: tests/test_costs.py compares them at a
+    length that is a multiple of the chunk).
     """
-    chunks = -(-length // chunk_size)
-    padded = chunks * chunk_size
-    intra = 2 * padded * chunk_size * ngroups * d_state + 2 * padded * chunk_size * nheads * headdim
-    states = 2 * padded * nheads * headdim * d_state
-    inter = 2 * nheads * (chunks + 1) ** 2 * headdim * d_state
-    outputs = 2 * padded * nheads * headdim * d_state
-    return intra + states + inter + outputs
+    chunk = min(chunk_size, length)
+    intra = 2 * length * chunk * (ngroups * d_state + nheads * headdim)
+    states = 2 * length * nheads * headdim * d_state
+    outputs = 2 * length * nheads * headdim * d_state
+    return intra + states + outputs
 
 
-def _adventurer_costs(config) -> dict:
+def _adventurer_costs(config, chunk_size: int = SCAN_CHUNK_SIZE) -> dict:
     width, depth = config.embed_dim, config.depth
     channels, patch_size = config.in_chans, config.patch_size
     num_patches = _grid_tokens(config)
@@ -153,7 +154,7 @@ def _adventurer_costs(config) -> dict:
         ),
         "conv1d": depth * 2 * conv_out_length * conv_channels * config.d_conv,
         "ssd scan": depth * ssd_flops(
-            mixer_tokens, nheads, config.headdim, config.d_state, config.ngroups, SCAN_CHUNK_SIZE
+            mixer_tokens, nheads, config.headdim, config.d_state, config.ngroups, chunk_size
         ),
         "head": 2 * width * config.num_classes,
     }
@@ -165,7 +166,7 @@ def _adventurer_costs(config) -> dict:
         + nheads * config.headdim * config.d_state // SCAN_CHUNK_SIZE
     )
     activation_bytes = depth * mixer_tokens * per_token_values * BYTES_PER_VALUE
-    return {"tokens": mixer_tokens, "params_breakdown": params, "flops_breakdown": flops,
+    return {"tokens": tokens, "mixer_tokens": mixer_tokens, "params_breakdown": params, "flops_breakdown": flops,
             "activation_bytes": activation_bytes}
 
 
@@ -177,16 +178,21 @@ def _grid_tokens(config) -> int:
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
-def estimate(model, img_size=None, patch_size=None, num_classes=None) -> dict:
+def estimate(model, img_size=None, patch_size=None, num_classes=None, chunk_size=None) -> dict:
     """Costs of one image through `model` (a name like "vit_tiny", a config or a model).
 
-    Returns a dict with: arch, img_size, patch_size, tokens (sequence length through the blocks,
-    special tokens included), params, gflops (forward, per image), activation_mb (training, per
-    image, bf16) and the breakdowns they are sums of.
+    Returns a dict with: arch, img_size, patch_size, tokens (the sequence through the blocks, special
+    tokens included: model.num_tokens), mixer_tokens (what the token mixer sees: the same for ViT, one
+    more for Adventurer, whose blocks prepend a mean token), params, gflops (forward, per image),
+    activation_mb (training, per image, bf16) and the breakdowns they are sums of. chunk_size: the
+    Adventurer scan's chunk length (a run-time setting; default SCAN_CHUNK_SIZE, the CPU choice).
     """
     config = _config(model, img_size, patch_size, num_classes)
     arch = _arch(config)
-    parts = _adventurer_costs(config) if arch == "adventurer" else _vit_costs(config)
+    if arch == "adventurer":
+        parts = _adventurer_costs(config, chunk_size or SCAN_CHUNK_SIZE)
+    else:
+        parts = _vit_costs(config)
     height, width = as_hw(config.img_size)
     return {
         "model": model if isinstance(model, str) else arch,
@@ -194,6 +200,7 @@ def estimate(model, img_size=None, patch_size=None, num_classes=None) -> dict:
         "img_size": height if height == width else (height, width),
         "patch_size": config.patch_size,
         "tokens": parts["tokens"],
+        "mixer_tokens": parts.get("mixer_tokens", parts["tokens"]),
         "params": sum(parts["params_breakdown"].values()),
         "flops": sum(parts["flops_breakdown"].values()),
         "gflops": sum(parts["flops_breakdown"].values()) / 1e9,
@@ -220,27 +227,20 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot_costs(rows: list[dict], path, title: str | None = None):
-    """Tokens, GFLOPs and activation memory against patch size on log axes; saved to `path`."""
-    import seaborn as sns
+    """Tokens, GFLOPs and activation memory against patch size on log axes (pixelvit.viz.cost_figure,
+    the figure the notebooks draw), saved to `path` as PNG."""
+    import matplotlib.pyplot as plt
 
-    from pixelvit.io import atomic_write, new_figure
+    from pixelvit.io import atomic_write
+    from pixelvit.viz import cost_figure
 
-    sns.set_theme(style="whitegrid", context="notebook")
-    panels = [("tokens", "tokens per image"), ("gflops", "forward GFLOPs per image"),
-              ("activation_mb", "training activations (MB / image)")]
-    figure = new_figure(figsize=(13, 3.8))
-    axes = figure.subplots(1, 3)
-    patch_sizes = [row["patch_size"] for row in rows]
-    for axis, (key, label) in zip(axes, panels):
-        sns.lineplot(x=patch_sizes, y=[row[key] for row in rows], marker="o", ax=axis)
-        axis.set(xscale="log", yscale="log", xlabel="patch size", ylabel=label)
-        axis.set_xticks(patch_sizes, [str(p) for p in patch_sizes])
-        axis.invert_xaxis()  # smaller patches (more tokens) to the right
+    figure = cost_figure({title or "cost of shrinking the patch": rows})
     figure.suptitle(title or "cost of shrinking the patch")
     figure.tight_layout()
     path = Path(path)
     with atomic_write(path) as handle:
         figure.savefig(handle, format="png", dpi=120)
+    plt.close(figure)
     return path
 
 

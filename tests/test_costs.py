@@ -26,7 +26,8 @@ def test_vit_tiny_hand_computed():
 def test_adventurer_tiny_hand_computed():
     # D=256, inner 512, 8 heads of 64, d_state 64: in_proj 256 -> 2*512 + 2*64 + 8 = 1160
     result = costs.estimate("adventurer_tiny", img_size=224, patch_size=16)
-    assert result["tokens"] == 196 + 2  # class token + the mean token of every block
+    assert result["tokens"] == 196 + 1 == create_model("adventurer_tiny").num_tokens  # + class token
+    assert result["mixer_tokens"] == 196 + 2  # + the mean token every block prepends
     per_layer = 512 + 256 * 1160 + (640 * 4 + 640) + 3 * 8 + 512 + 512 * 256 + 3 * 256 * 640 + 2 * 640 + 256
     assert result["params_breakdown"]["layers"] == 12 * per_layer
     assert result["params"] == (3 * 256 * 256 + 256) + (256 + 197 * 256) + 12 * per_layer + (256 + 256 * 1000 + 1000)
@@ -74,11 +75,49 @@ def test_vit_flops_match_flop_counter(patch_size):
 
 @pytest.mark.parametrize("patch_size", [16, 8, 4, 2, 1])
 def test_adventurer_flops_match_flop_counter(patch_size):
+    """At a chunk as long as the sequence (no padding), the analytic count is FlopCounterMode's."""
     config = dataclasses.replace(get_config("adventurer_tiny"), img_size=32, patch_size=patch_size, depth=2,
                                  embed_dim=64, headdim=32, d_state=16, num_classes=10)
-    model = create_model("adventurer_tiny", **dataclasses.asdict(config))
+    length = (32 // patch_size) ** 2 + 2  # what the mixer sees
+    model = create_model("adventurer_tiny", **dataclasses.asdict(config), chunk_size=length)
     counted = _counted_flops(model, 32)
-    assert costs.estimate(config)["flops"] == pytest.approx(counted, rel=0.05)
+    assert costs.estimate(config, chunk_size=length)["flops"] == pytest.approx(counted, rel=0.01)
+
+
+def test_scan_flops_count_the_real_length_not_the_padding():
+    """FlopCounterMode on the scan itself: at a multiple of the chunk the counts agree exactly; at any
+    other length the analytic count is that of the real tokens, below what the padded chunks cost."""
+    from pixelvit.ops.ssd import ssd_chunked
+
+    def counted(length, chunk):
+        x, dt = torch.randn(1, length, 4, 8), torch.rand(1, length, 4)
+        B = C = torch.randn(1, length, 1, 16)
+        with FlopCounterMode(display=False) as counter:
+            ssd_chunked(x, dt, -torch.rand(4), B, C, chunk_size=chunk)
+        return counter.get_total_flops()
+
+    shape = dict(nheads=4, headdim=8, d_state=16, ngroups=1)
+    assert costs.ssd_flops(128, **shape, chunk_size=64) == counted(128, 64)
+    assert costs.ssd_flops(129, **shape, chunk_size=64) == pytest.approx(counted(129, 64) * 129 / 192, rel=0.02)
+    assert costs.ssd_flops(18, **shape, chunk_size=64) == counted(18, 18)  # a sequence shorter than a chunk
+    # the nano Adventurer at patch 8 (18 tokens): the scan is counted for 18 tokens, not a padded 64
+    config = get_config("adventurer_nano")
+    nano = costs.estimate(config, img_size=32, patch_size=8)
+    assert nano["mixer_tokens"] == 18
+    nano_shape = dict(nheads=config.expand * config.embed_dim // config.headdim, headdim=config.headdim,
+                      d_state=config.d_state, ngroups=config.ngroups)
+    assert nano["flops_breakdown"]["ssd scan"] == config.depth * costs.ssd_flops(18, **nano_shape, chunk_size=64)
+
+
+def test_plot_costs_draws_the_notebook_figure(tmp_path, monkeypatch):
+    """One three-panel cost figure: `pixelvit costs` saves viz.cost_figure, it does not draw its own."""
+    import pixelvit.viz
+
+    drawn = []
+    real = pixelvit.viz.cost_figure
+    monkeypatch.setattr(pixelvit.viz, "cost_figure", lambda tables, **k: drawn.append(list(tables)) or real(tables, **k))
+    path = costs.plot_costs(costs.cost_table("vit_nano", 32, [8, 4]), tmp_path / "c.png", title="nano")
+    assert drawn == [["nano"]] and path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_prints_table_and_writes_plot(tmp_path, capsys):

@@ -317,6 +317,30 @@ def test_streaming_mixer_matches_readable(seqlen, block_tokens):
         assert rel_err(mixer(u), ref) <= 1e-12  # forward() takes the streaming path by itself
 
 
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("tokens, block_tokens", [(2, 16), (17, 16), (95, 32), (200, 48), (200, 4096)])
+def test_streaming_block_matches_readable(flip, tokens, block_tokens):
+    """streaming_block = Adventurer's Block.forward (mean token, flip, mixer, MLP), any block length."""
+    from pixelvit.models.adventurer import AdventurerConfig, Block
+    from pixelvit.ops import mixer as fast
+
+    torch.manual_seed(1)
+    config = AdventurerConfig(embed_dim=16, depth=2, d_state=8, headdim=8, ngroups=2)
+    block = Block(config, drop_path_rate=0.1, flip=flip).double().eval()
+    block.mixer.chunk_size = 16
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(2, tokens, 16, dtype=torch.float64)
+    with torch.no_grad(), fast.readable_mixer():
+        ref = block(x)
+    with torch.inference_mode():
+        assert rel_err(fast.streaming_block(block, x, block_tokens=block_tokens), ref) <= 1e-12
+        assert fast.use_streaming_block(block, x)
+        assert rel_err(block(x), ref) <= 1e-12  # Block.forward streams by itself in inference
+    assert not fast.use_streaming_block(block.train(), x)  # drop path is random in training mode
+
+
 def test_memory_lean_mixer_gradcheck():
     """MemoryLeanMixer's gradients (input and every parameter) match finite differences in float64."""
     from pixelvit.ops.mixer import MemoryLeanMixer
@@ -382,7 +406,7 @@ def test_fast_path_is_off_where_it_must_be(monkeypatch):
     assert not fast.use_fast_path(mixer, u)  # training, lean path switched off
     with torch.no_grad():
         assert fast.use_fast_path(mixer, u)  # inference still streams
-    monkeypatch.setattr(fast, "_fx_tracing", lambda: True)
+    monkeypatch.setattr(fast, "_tracing", lambda: True)
     with torch.no_grad():
         assert not fast.use_fast_path(mixer, u)
 

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from pixelvit.models.base import PatchTokenModel
 from pixelvit.models.layers import DropPath, PatchEmbed, at_least_float32
 from pixelvit.models.mamba2 import Mamba2Mixer
+from pixelvit.ops import mixer as mixer_fast_paths
 from pixelvit.ops.ssd import select_backend
 
 torch.fx.wrap("at_least_float32")  # dtype logic: a call in a traced graph (see pixelvit.models.layers)
@@ -152,6 +153,8 @@ class Block(nn.Module):
         self.norm_mlp = RMSNorm(dim, eps=config.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if mixer_fast_paths.use_streaming_block(self, x):  # inference: the same block, token block by
+            return mixer_fast_paths.streaming_block(self, x)  # token block, in little memory (ops/mixer.py)
         h = self.norm(x)  # (B, N+1, D), class token last
         if self.flip:
             h = reverse_patches(h)

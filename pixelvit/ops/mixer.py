@@ -4,10 +4,12 @@
 at once. At 50,178 tokens every intermediate is a tensor of up to (L, 1160) floats (233 MB for
 Adventurer-Tiny), and autograd keeps about twenty of them per layer. Two situations do not need that:
 
-* Inference (no gradients) - `streaming_forward`: the mixer runs on blocks of `BLOCK_TOKENS` tokens in
-  turn. Only two things cross a block boundary, both small: the last d_conv - 1 inputs of the causal
-  convolution, and the SSM state (b, nheads, headdim, d_state) the scan ends the block with. Memory is
-  the input, the output and one block's temporaries; the big matmuls still see 2048-row blocks.
+* Inference (no gradients) - `MixerStream` / `streaming_forward`: the mixer runs on blocks of
+  `BLOCK_TOKENS` tokens in turn. Only two things cross a block boundary, both small: the last d_conv - 1
+  inputs of the causal convolution, and the SSM state (b, nheads, headdim, d_state) the scan ends the
+  block with. Memory is the input, the output and one block's temporaries; the matmuls still see
+  2048-row blocks, and every temporary stays in the cache instead of being a fresh 233 MB allocation.
+  `streaming_block` does the same for a whole Adventurer block (norms, mean token, flip, MLP).
 * Training - `MemoryLeanMixer`, a torch.autograd.Function: its forward is `streaming_forward` (no graph),
   it keeps only the mixer's input u for backward, and its backward recomputes the readable forward with
   autograd on and backpropagates through it. This is what mamba-ssm's fused kernels and gradient
@@ -25,6 +27,7 @@ import threading
 from contextlib import contextmanager
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 
 from pixelvit.ops.ssd import default_chunk_size, select_backend, ssd_fast
@@ -45,9 +48,11 @@ def readable_mixer():
         _local.readable = previous
 
 
-def _fx_tracing() -> bool:
-    is_tracing = getattr(torch.fx._symbolic_trace, "is_fx_tracing", None)
-    return bool(is_tracing and is_tracing())
+def _tracing() -> bool:
+    """torch.fx, torch.export or torch.compile is tracing: they get the readable forward, one plain graph."""
+    trace = torch.fx._symbolic_trace
+    is_fx = getattr(trace, "is_fx_symbolic_tracing", None) or getattr(trace, "is_fx_tracing", lambda: False)
+    return bool(is_fx() or torch.compiler.is_compiling())
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -59,7 +64,7 @@ def _autocast_on(device_type: str) -> bool:
 
 def use_fast_path(mixer, u: torch.Tensor) -> bool:
     """Whether `Mamba2Mixer.forward` should hand over to `fast_forward` (same result, less memory)."""
-    if getattr(_local, "readable", False) or _fx_tracing() or _autocast_on(u.device.type):
+    if getattr(_local, "readable", False) or _tracing() or _autocast_on(u.device.type):
         return False
     if select_backend(u.device, mixer.scan_backend) != "reference":
         return False  # a CUDA kernel runs the scan: the readable forward around it is the fast path there
@@ -75,42 +80,109 @@ def fast_forward(mixer, u: torch.Tensor) -> torch.Tensor:
     return streaming_forward(mixer, u)
 
 
+class MixerStream:
+    """One Mamba2Mixer run over a sequence that arrives in blocks, left to right: `stream(u_block)`.
+
+    The same steps as Mamba2Mixer.forward (in_proj, causal depthwise conv + SiLU, softplus, SSD scan,
+    gated RMSNorm, out_proj), written for blocks of (B, T, d_model) rows: only the convolution and the
+    scan need earlier tokens, and they get them from `conv_tail` (the last d_conv - 1 conv inputs) and
+    `state` (the SSM state the scan ended the previous block with). Blocks must be multiples of the
+    chunk (except the last), so the scan sees the chunks of one long call. Inference only (no_grad).
+    """
+
+    def __init__(self, mixer, u: torch.Tensor):
+        self.m = m = mixer
+        self.chunk = m.chunk_size or default_chunk_size(u.device)
+        self.compute_dtype = torch.promote_types(u.dtype, torch.float32)
+        self.A = -torch.exp(m.A_log.to(self.compute_dtype))  # (nheads,)
+        self.d_xBC = m.d_inner + 2 * m.ngroups * m.d_state
+        self.conv_weight = m.conv1d.weight[:, 0].T.contiguous()  # (d_conv, d_xBC): tap k for every channel
+        self.conv_tail = u.new_zeros(u.shape[0], m.d_conv - 1, self.d_xBC)  # zeros before the sequence
+        self.state = None  # (B, nheads, headdim, d_state)
+
+    def block_length(self, block_tokens: int = BLOCK_TOKENS) -> int:
+        return max(self.chunk, block_tokens // self.chunk * self.chunk)
+
+    @torch.no_grad()
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        m, T = self.m, u.shape[1]
+        zxbcdt = m.in_proj(u)  # (B, T, d_inner + d_xBC + nheads)
+        z, xBC, dt = torch.split(zxbcdt, [m.d_inner, self.d_xBC, m.nheads], dim=-1)
+        # causal depthwise conv, token-major: out_t = bias + sum_k w_k * in_{t - (d_conv-1) + k}
+        padded = torch.cat([self.conv_tail, xBC], dim=1)  # (B, d_conv - 1 + T, d_xBC)
+        self.conv_tail = padded[:, T:]
+        xBC = torch.addcmul(m.conv1d.bias, padded[:, :T], self.conv_weight[0])  # (B, T, d_xBC)
+        for k in range(1, m.d_conv):
+            xBC.addcmul_(padded[:, k:k + T], self.conv_weight[k])
+        xBC = F.silu(xBC, inplace=True)
+        x, B, C = torch.split(xBC, [m.d_inner, m.ngroups * m.d_state, m.ngroups * m.d_state], dim=-1)
+        dt = F.softplus(dt.to(self.compute_dtype) + m.dt_bias.to(self.compute_dtype))  # (B, T, nheads)
+        y, self.state = ssd_fast(x.unflatten(-1, (m.nheads, m.headdim)), dt, self.A,
+                                 B.unflatten(-1, (m.ngroups, m.d_state)), C.unflatten(-1, (m.ngroups, m.d_state)),
+                                 chunk_size=self.chunk, D=m.D, initial_state=self.state, return_final_state=True)
+        # gated RMSNorm (as GatedRMSNorm, with torch's fused rms_norm per group), then out_proj
+        gated = y.flatten(-2).to(self.compute_dtype).mul_(F.silu(z.to(self.compute_dtype)))  # (B, T, d_inner)
+        group_size = m.norm.group_size
+        normed = F.rms_norm(gated.unflatten(-1, (-1, group_size)), (group_size,), eps=m.norm.eps).flatten(-2)
+        normed = normed.mul_(m.norm.weight.to(normed.dtype)).to(y.dtype)
+        return m.out_proj(normed)  # (B, T, d_model)
+
+
 @torch.no_grad()
 def streaming_forward(mixer, u: torch.Tensor, block_tokens: int = BLOCK_TOKENS) -> torch.Tensor:
-    """`mixer(u)` computed on blocks of tokens, left to right, carrying the conv inputs and the SSM state.
-
-    The same steps as Mamba2Mixer.forward (in_proj, causal conv + SiLU, softplus, SSD scan, gated RMSNorm,
-    out_proj); only the convolution and the scan need the block before, and they get it as `conv_tail`
-    and `state`. The block length is a multiple of the chunk, so the scan sees the chunks of one long call.
-    """
-    m = mixer
-    batch, seqlen, _ = u.shape
-    chunk = m.chunk_size or default_chunk_size(u.device)
-    block = max(chunk, block_tokens // chunk * chunk)
-    d_xBC = m.d_inner + 2 * m.ngroups * m.d_state
-    compute_dtype = torch.promote_types(u.dtype, torch.float32)
-    A = -torch.exp(m.A_log.to(compute_dtype))  # (nheads,)
-    dt_bias = m.dt_bias.to(compute_dtype)
-    conv_tail = u.new_zeros(batch, d_xBC, m.d_conv - 1)  # conv inputs just before the block: zeros at the start
-    state = None  # SSM state (B, nheads, headdim, d_state) at the end of the previous block
+    """`mixer(u)` computed on blocks of tokens, left to right (see MixerStream); inference only."""
+    stream = MixerStream(mixer, u)
+    block = stream.block_length(block_tokens)
     out = None
-    for start in range(0, seqlen, block):
-        zxbcdt = m.in_proj(u[:, start:start + block])  # (B, T, d_inner + d_xBC + nheads)
-        z, xBC, dt = torch.split(zxbcdt, [m.d_inner, d_xBC, m.nheads], dim=-1)
-        xBC = torch.cat([conv_tail, xBC.transpose(1, 2)], dim=-1)  # (B, d_xBC, d_conv - 1 + T)
-        conv_tail = xBC[..., xBC.shape[-1] - (m.d_conv - 1):]
-        xBC = F.conv1d(xBC, m.conv1d.weight, m.conv1d.bias, groups=d_xBC)  # (B, d_xBC, T): no padding needed
-        xBC = F.silu(xBC.transpose(1, 2))  # (B, T, d_xBC)
-        x, B, C = torch.split(xBC, [m.d_inner, m.ngroups * m.d_state, m.ngroups * m.d_state], dim=-1)
-        x = x.unflatten(-1, (m.nheads, m.headdim))  # (B, T, nheads, headdim)
-        B = B.unflatten(-1, (m.ngroups, m.d_state))  # (B, T, ngroups, d_state)
-        C = C.unflatten(-1, (m.ngroups, m.d_state))
-        dt = F.softplus(dt.to(compute_dtype) + dt_bias)  # (B, T, nheads)
-        y, state = ssd_fast(x, dt, A, B, C, chunk_size=chunk, D=m.D, initial_state=state, return_final_state=True)
-        y = m.out_proj(m.norm(y.flatten(-2), z))  # (B, T, d_model)
+    for start in range(0, u.shape[1], block):
+        y = stream(u[:, start:start + block])  # (B, T, d_model)
         if out is None:
-            out = y.new_empty(batch, seqlen, y.shape[-1])
+            out = y.new_empty(*u.shape[:2], y.shape[-1])
         out[:, start:start + block] = y
+    return out
+
+
+def use_streaming_block(block, x: torch.Tensor) -> bool:
+    """Whether Adventurer's Block.forward should hand over to `streaming_block` (inference only)."""
+    if torch.is_grad_enabled() or (block.training and getattr(block.drop_path, "drop_prob", 0) > 0):
+        return False
+    return use_fast_path(block.mixer, x)
+
+
+@torch.no_grad()
+def streaming_block(block, x: torch.Tensor, block_tokens: int = BLOCK_TOKENS) -> torch.Tensor:
+    """Adventurer's Block (pixelvit.models.adventurer.Block.forward) computed token block by token block.
+
+    x: (B, N+1, D), class token last. The mixer reads [mean token, h_1 ... h_N (reversed if the block
+    flips), h_cls] with h = norm(x); everything else in the block acts on each token alone. So: one pass
+    for the mean of h, then blocks of mixer positions through MixerStream, and for the same rows at once
+    the residual, the MLP and its residual, written into the output. Memory: x, the output and one
+    block's temporaries, instead of ~a dozen (N+1)-row tensors. Inference only; tests check it equals
+    Block.forward.
+    """
+    batch, tokens, _ = x.shape
+    num_patches = tokens - 1
+    total = None
+    for start in range(0, tokens, block_tokens):  # the heading average: mean over all N+1 of norm(x)
+        part = block.norm(x[:, start:start + block_tokens]).sum(dim=1, keepdim=True, dtype=torch.float64)
+        total = part if total is None else total + part
+    mean = (total / tokens).to(x.dtype)  # (B, 1, D)
+
+    stream = MixerStream(block.mixer, x)
+    step = stream.block_length(block_tokens)
+    out = torch.empty_like(x)
+    for start in range(0, tokens + 1, step):  # positions in the mixer's sequence (0 = the mean token)
+        position = torch.arange(max(start, 1), min(start + step, tokens + 1), device=x.device)
+        if block.flip:  # position i <= N reads patch N - i; position N + 1 is the class token
+            rows = torch.where(position <= num_patches, num_patches - position, position - 1)
+        else:
+            rows = position - 1
+        x_rows = x.index_select(1, rows)  # (B, T, D)
+        h = block.norm(x_rows)
+        mixed = stream(torch.cat([mean, h], dim=1) if start == 0 else h)
+        x_rows = x_rows + block.drop_path(mixed[:, 1:] if start == 0 else mixed)
+        x_rows = x_rows + block.drop_path(block.mlp(block.norm_mlp(x_rows)))
+        out.index_copy_(1, rows, x_rows)
     return out
 
 
