@@ -26,11 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from pixelvit.catalog import CATALOG
 from pixelvit.cli import report_user_errors
 from pixelvit.costs import estimate
 from pixelvit.io import atomic_write, atomic_write_json, read_model_files
 from pixelvit.models import model_from_config
+from pixelvit.paper import imagenet_top1
 from pixelvit.train import (
     TrainConfig,
     check_config,
@@ -64,29 +64,14 @@ CSV_COLUMNS = ["model", "dataset", "img_size", "patch_size", "tokens", "params",
 # The paper's numbers, for the comparison panel. Quoted, never measured here.
 # ---------------------------------------------------------------------------------------------
 def paper_reference() -> list[dict]:
-    """ImageNet-1k top-1 by patch size as reported by the authors, at 224x224 input.
+    """ImageNet-1k top-1 by patch size at 224x224 input, as reported by the authors (pixelvit.paper).
 
-    Adventurer: from pixelvit.catalog (the Patch_Scaling and Adventurer READMEs; patch 16 and 8 are the
-    Adventurer baselines, patch 1 the paper's pixel-token models). ViT (DeiT) per patch size is in the
-    paper's Table 1; those numbers are not in our sources yet (PAPER_VIT_TOP1 below stays empty, so
-    nothing is drawn for ViT rather than something unverified).
+    Adventurer Tiny / Small / Base at patch 16 / 8 / 4 / 2 / 1 from the paper's Table 4. DeiT-Base was
+    trained only at 64 and 128 px (Table 1: `pixelvit.paper.imagenet_top1(128)` has both models there),
+    so the 224 panel has no ViT line.
     """
-    rows = [
-        {"model": f"Adventurer-{entry.model.split('_')[1].capitalize()}", "patch_size": entry.patch_size,
-         "top1": entry.top1, "source": entry.source}
-        for entry in CATALOG.values()
-        if entry.img_size == 224 and entry.top1 is not None and entry.model != "adventurer_large"
-    ]
-    rows += [{"model": model, "patch_size": patch, "top1": top1, "source": PAPER_VIT_SOURCE}
-             for model, by_patch in PAPER_VIT_TOP1.items() for patch, top1 in by_patch.items()]
-    return rows
-
-
-# ViT (DeiT) ImageNet top-1 per patch size from Table 1 of Wang et al. 2025, e.g. {"DeiT-T": {16: ..., 8: ...}}.
-# Deliberately empty: none of our sources had that table, and an unverified number is worse than none.
-# Fill it from the paper's PDF (and cite the table) to draw the ViT line in the paper panel.
-PAPER_VIT_TOP1: dict[str, dict[int, float]] = {}
-PAPER_VIT_SOURCE = "Wang et al. 2025, Table 1 (arXiv:2502.03738)"
+    return [{"model": row["model"], "patch_size": row["patch_size"], "top1": row["top1"], "source": row["source"]}
+            for row in imagenet_top1(img_size=224)]
 
 
 # ---------------------------------------------------------------------------------------------
