@@ -14,7 +14,7 @@ factory (`layer_decay`), data config and feature extraction work on pixelvit mod
 
 A subclass names its block list and final norm (`blocks_attr`, `norm_attr`: Adventurer keeps the official
 names `layers` and `norm_f` so official checkpoints load), sets `cls_index` (0 or -1), and calls
-`_init_head` and `_init_features` in its constructor.
+`_init_head`, `_init_features` and `_finish` in its constructor.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ def data_cfg(config) -> dict:
 
     fixed_input_size: the position embedding has one vector per grid position, so the model takes exactly
     img_size (pixelvit.resample.resize_model moves it to another). Every dataset is normalized with the
-    ImageNet mean and std (pixelvit.data). 32x32 models are evaluated on whole images (crop 1.0), larger
-    ones with DeiT's center crop (0.875); a released checkpoint's own crop is in its tag's cfg.
+    ImageNet mean and std (pixelvit.data). Small images (below 64 px: CIFAR, specks) are evaluated whole
+    (crop 1.0), as pixelvit's training does; ImageNet-sized ones with DeiT's center crop (0.875). A released
+    checkpoint's own crop is in its tag's cfg.
     """
     h, w = as_hw(config.img_size)
     return dict(
         num_classes=config.num_classes, input_size=(config.in_chans, h, w), fixed_input_size=True,
-        interpolation="bicubic", crop_pct=1.0 if (h, w) == (32, 32) else 0.875, crop_mode="center",
+        interpolation="bicubic", crop_pct=1.0 if max(h, w) < 64 else 0.875, crop_mode="center",
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_embed.proj", classifier="head",
     )
 
