@@ -210,6 +210,16 @@ def test_each_assignment_has_4_to_8_graded_and_a_written_question(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_assignment_notebooks_are_committed_clean(name):
+    """Masters and student notebooks: no outputs or widget state, one `parameters` cell, small cells."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import check_notebooks
+
+    for path in (make_assignments.master_path(name), make_assignments.committed_student_path(name)):
+        assert check_notebooks.problems(path) == [], path
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_otter_assign_removes_solutions_and_hidden_tests(built, name):
     student = built[name]["student"].read_text()
     leaked = [line for line in solution_lines(name) if line in student]
