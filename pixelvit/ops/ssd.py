@@ -227,6 +227,37 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+SMALL_CHUNK_COUNT = 64  # up to this many chunks, ssd_fast passes the states along by one matmul
+
+
+def _pass_states_loop(states, chunk_dA, state):
+    """Step 3 as a loop over the c chunks: state_in[z+1] = exp(chunk_dA[z]) * state_in[z] + states[z]."""
+    chunk_decay = torch.exp(chunk_dA)[..., None, None]                       # (b, h, c, 1, 1)
+    states_in = []
+    for states_z, decay_z in zip(states.unbind(2), chunk_decay.unbind(2), strict=True):
+        states_in.append(state)
+        state = torch.addcmul(states_z, decay_z, state)                      # (b, h, n, p)
+    return torch.stack(states_in, dim=2), state                             # (b, h, c, n, p), (b, h, n, p)
+
+
+def _pass_states_matmul(states, chunk_dA, state):
+    """Step 3 unrolled into one (c+1, c+1) matmul per head, as ssd_minimal does (quadratic in c: for few chunks).
+
+    With S_z = chunk_dA[0] + ... + chunk_dA[z] and S_{-1} = 0, the state entering chunk z (z = c: the
+    final state) is exp(S_{z-1}) * state + sum_{k<z} exp(S_{z-1} - S_k) * states[k]. One small matmul
+    instead of c tiny ops, whose fixed cost (waking the other thread) dominates on a CPU.
+    """
+    b, h, c, n, p = states.shape
+    S = torch.cumsum(chunk_dA, dim=-1)                                       # (b, h, c)
+    S_before = F.pad(S, (1, 0))                                              # (b, h, c+1): S_{z-1}
+    weights = torch.exp((S_before[..., :, None] - S[..., None, :]).clamp(max=0))   # (b, h, c+1, c) [z, k]
+    weights = weights * torch.ones(c + 1, c, dtype=torch.bool, device=S.device).tril(-1)  # k < z only
+    entering = torch.matmul(weights, states.reshape(b, h, c, n * p))         # (b, h, c+1, n p)
+    entering = entering + torch.exp(S_before)[..., None] * state.reshape(b, h, 1, n * p)
+    entering = entering.view(b, h, c + 1, n, p)
+    return entering[:, :, :c], entering[:, :, c]
+
+
 def ssd_fast(x, dt, A, B, C, chunk_size=CPU_CHUNK_SIZE, D=None, initial_state=None, return_final_state=False):
     """`ssd_chunked` rearranged for speed: same arguments, same result (tests/test_ssd.py checks it in float64).
 
@@ -261,14 +292,16 @@ def ssd_fast(x, dt, A, B, C, chunk_size=CPU_CHUNK_SIZE, D=None, initial_state=No
     Bg = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]           # (b, g, 1, c, Q, n) view
     Cg = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]           # (b, g, 1, c, Q, n) view
 
-    # 1. intra-chunk: Y = (exp(segsum) * C B^T) @ X, per head and chunk
-    CB = torch.matmul(Cg, Bg.transpose(-1, -2))                              # (b, g, 1, c, Q, Q)
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    # 1. intra-chunk: Y = (exp(segsum) * C B^T) @ X, per head and chunk. The causal mask is applied to
+    #    C B^T (g copies, not h) and the segment sums are clamped at 0 instead of set to -inf: below the
+    #    diagonal they are <= 0 anyway (dA <= 0), above it exp(0) = 1 meets a 0 of the masked C B^T.
+    #    exp(-inf) is ~30x slower than exp of a finite number on CPUs (a special case leaves the SIMD path).
+    CB = torch.matmul(Cg, Bg.transpose(-1, -2)).tril_()                      # (b, g, 1, c, Q, Q)
+    M = dA_cumsum[..., :, None] - dA_cumsum[..., None, :]                    # (b, h, c, Q, Q) [l, s]
     if grad:
-        M = torch.exp(segsum(dA_cumsum)).view(b, g, r, c, Q, Q) * CB          # (b, g, r, c, Q, Q)
+        M = torch.exp(M.clamp(max=0)).view(b, g, r, c, Q, Q) * CB              # (b, g, r, c, Q, Q)
     else:  # the same, in one buffer
-        M = dA_cumsum[..., :, None] - dA_cumsum[..., None, :]                # (b, h, c, Q, Q)
-        M = M.masked_fill_(~causal, float("-inf")).exp_().view(b, g, r, c, Q, Q).mul_(CB)
+        M = M.clamp_(max=0).exp_().view(b, g, r, c, Q, Q).mul_(CB)
     Y = torch.matmul(M.view(b, h, c, Q, Q), X)                               # (b, h, c, Q, p)
 
     # 2. chunk states (stored (n, p) per head): (B * exp(dA_{s+1} + ... + dA_Q))^T @ X
@@ -276,17 +309,16 @@ def ssd_fast(x, dt, A, B, C, chunk_size=CPU_CHUNK_SIZE, D=None, initial_state=No
     B_decayed = (Bg * decay_to_end).view(b, h, c, Q, n)
     states = torch.matmul(B_decayed.transpose(-1, -2), X)                    # (b, h, c, n, p)
 
-    # 3. inter-chunk recurrence, c steps of (b, h, n, p)
-    chunk_decay = torch.exp(dA_cumsum[..., -1])[..., None, None]             # (b, h, c, 1, 1)
+    # 3. inter-chunk recurrence: the state entering each chunk, and the final state
     if initial_state is None:
         state = X.new_zeros(b, h, n, p)
     else:
         state = initial_state.to(dtype).transpose(-1, -2)                    # (b, h, n, p)
-    states_in = []
-    for states_z, decay_z in zip(states.unbind(2), chunk_decay.unbind(2), strict=True):
-        states_in.append(state)
-        state = torch.addcmul(states_z, decay_z, state)                      # (b, h, n, p)
-    states_in = torch.stack(states_in, dim=2)                                # (b, h, c, n, p)
+    chunk_dA = dA_cumsum[..., -1]                                            # (b, h, c) log-decay of each chunk
+    if c <= SMALL_CHUNK_COUNT:
+        states_in, state = _pass_states_matmul(states, chunk_dA, state)
+    else:
+        states_in, state = _pass_states_loop(states, chunk_dA, state)
 
     # 4. state -> output: Y += (C * exp(dA_1 + ... + dA_l)) @ state_in
     C_decayed = (Cg * torch.exp(dA_cumsum).view(b, g, r, c, Q, 1)).view(b, h, c, Q, n)
