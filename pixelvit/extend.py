@@ -66,16 +66,30 @@ def extend_patch_embedding(model: nn.Module, coarse_proj: nn.Conv2d, mode: str =
     return model
 
 
+def extended_model(fresh, coarse_patch: int, factor: int) -> nn.Module:
+    """fresh(patch_size) -> a new model drawing its init from torch's global generator (as create_model does).
+
+    Returns the model at patch coarse_patch / factor whose patch projection is the coarse-patch model's,
+    interpolated `factor` times per side. Both models start from the same generator state, so blocks and
+    position embeddings start exactly as in the scaled model with the same token count and seed, and the
+    patch projection as in the coarse-patch model. pixelvit.train builds `extend` runs with this.
+    """
+    if factor < 1 or coarse_patch % factor:
+        raise ValueError(f"extend factor {factor} must divide the patch size {coarse_patch}")
+    start = torch.get_rng_state()
+    model = fresh(coarse_patch // factor)
+    after = torch.get_rng_state()
+    torch.set_rng_state(start)
+    coarse = fresh(coarse_patch)
+    torch.set_rng_state(after)  # what follows draws as it would after building the scaled model
+    return extend_patch_embedding(model, coarse.patch_embed.proj)
+
+
 def create_extended_model(name: str, img_size: int, coarse_patch: int, factor: int, seed: int, **kwargs):
     """`name` at `coarse_patch` with its token grid interpolated `factor` times: (img_size / coarse_patch *
-    factor)^2 tokens. Blocks and position embeddings start exactly as in the scaled model with the same
-    token count and seed (patch coarse_patch / factor), the patch projection as in the coarse-patch model."""
+    factor)^2 tokens (see extended_model), seeded with `seed`."""
     from pixelvit.models import create_model
 
-    if coarse_patch % factor:
-        raise ValueError(f"extend factor {factor} must divide the patch size {coarse_patch}")
     torch.manual_seed(seed)
-    model = create_model(name, img_size=img_size, patch_size=coarse_patch // factor, **kwargs)
-    torch.manual_seed(seed)
-    coarse = create_model(name, img_size=img_size, patch_size=coarse_patch, **kwargs)
-    return extend_patch_embedding(model, coarse.patch_embed.proj)
+    return extended_model(lambda patch: create_model(name, img_size=img_size, patch_size=patch, **kwargs),
+                          coarse_patch, factor)

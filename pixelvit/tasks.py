@@ -36,12 +36,14 @@ from torch.utils.data import Dataset
 from pixelvit.data import (
     AUGMENTATIONS,
     ArrayImageDataset,
+    Upsampled,
     default_augmentation,
     default_img_size,
     list_datasets,
     load_split,
     train_transform,
 )
+from pixelvit.extend import extended_model
 from pixelvit.io import read_model_config, read_model_files, sha256_file
 from pixelvit.models import ARCHS, MODELS, RUNTIME_ARGS, get_config, merge_overrides, model_from_config
 from pixelvit.resample import resize_model
@@ -116,11 +118,12 @@ class ClassificationTask(Task):
         test = load_split(config.dataset, "test", img_size, config.data_root, progress=progress)
         train, test = train.subset(config.train_samples), test.subset(config.eval_samples)
         augmentation = config.augmentation or default_augmentation(config.dataset)
-        return TaskData(
-            train_set=ArrayImageDataset(train, train_transform(augmentation, img_size), seed=config.seed),
-            test_set=ArrayImageDataset(test), num_classes=train.num_classes, img_size=img_size,
-            record={"augmentation": augmentation},
-        )
+        train_set = ArrayImageDataset(train, train_transform(augmentation, img_size), seed=config.seed)
+        test_set = ArrayImageDataset(test)
+        if config.upsample > 1:  # augmented at the stored size, then upsampled: more pixels, no new information
+            train_set, test_set = Upsampled(train_set, config.upsample), Upsampled(test_set, config.upsample)
+        return TaskData(train_set=train_set, test_set=test_set, num_classes=train.num_classes,
+                        img_size=img_size * config.upsample, record={"augmentation": augmentation})
 
     def batch_mixer(self, config, data):
         # timm's Mixup draws from numpy's global generator, which train() seeds and every checkpoint saves
@@ -209,7 +212,12 @@ def build_model(config: TrainConfig, num_classes: int, img_size: int) -> nn.Modu
     """
     arch, fields, runtime = model_spec(config, img_size)
     if config.init_from is None:
-        return model_from_config(arch, {**fields, "num_classes": num_classes}, **runtime)
+        def fresh(patch_size: int) -> nn.Module:
+            return model_from_config(arch, {**fields, "patch_size": patch_size, "num_classes": num_classes}, **runtime)
+
+        if config.extend > 1:  # the paper's "extending": coarse patch tokens interpolated to a longer grid
+            return extended_model(fresh, fields["patch_size"], config.extend)
+        return fresh(fields["patch_size"])
     meta, state = read_model_files(config.init_from)
     saved_grid = {key: meta["config"][key] for key in ("img_size", "patch_size")}
     model = model_from_config(arch, {**fields, **saved_grid}, **runtime)

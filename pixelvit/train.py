@@ -117,6 +117,9 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
     compile: bool = False  # torch.compile the model
     init_from: str | None = None  # a model folder to start from (multi-stage: the previous stage's model/)
+    # the paper's Table 5 (pixelvit.extend): longer sequences without new information
+    extend: int = 1  # patch-embedding token grid interpolated this many times per side (1 = off)
+    upsample: int = 1  # images upsampled (bicubic) this many times per side before the model (1 = off)
     # ---- below: where and how often; they do not change the trained weights, so not in the hash ----
     out: str | None = None  # run folder; None: <runs_dir>/<name>-<hash>
     runs_dir: str = "runs"
@@ -161,6 +164,8 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
         (0 <= config.label_smoothing < 1 and 0 <= config.ema_decay < 1 and 0 <= config.drop_path < 1,
          "--label-smoothing, --ema-decay and --drop-path must be in [0, 1)"),
         (config.img_size is None or config.img_size >= 1, f"--img-size {config.img_size}: use at least 1"),
+        (config.extend >= 1 and config.upsample >= 1, "--extend and --upsample: use 1 (off) or more"),
+        (config.extend == 1 or config.init_from is None, "--extend starts a fresh model: drop --init-from"),
     ]
     problems = [message for ok, message in rules if not ok] + get_task(config.task).problems(config)
     if not problems:
@@ -168,7 +173,9 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
         try:
             resolve_device(config.device)
             _, fields, _ = model_spec(config, img_size)  # an unknown model, field or init_from folder
-            check_divisible(img_size, fields["patch_size"])
+            check_divisible(img_size * config.upsample, fields["patch_size"])
+            if fields["patch_size"] % config.extend:
+                raise ValueError(f"--extend {config.extend} must divide the patch size {fields['patch_size']}")
         except (ValueError, FileNotFoundError) as error:
             problems.append(str(error))
     if problems:
@@ -187,6 +194,9 @@ def config_hash(config: TrainConfig, device_type: str | None = None, world_size:
     model.pop("num_classes")  # the dataset decides it, and the dataset is hashed
     fields = {k: v for k, v in dataclasses.asdict(config).items()
               if k not in NOT_HASHED | {"model", "model_args", "img_size", "patch_size", "drop_path", "device"}}
+    for added_later in ("extend", "upsample"):  # hashed only when on, so runs made before they existed keep their hash
+        if fields[added_later] == 1:
+            del fields[added_later]
     fields.update(
         arch=arch, model_config=model, model_runtime=runtime, device_type=device_type, world_size=world_size or processes.world_size,
         amp=config.amp and device_type == "cuda",  # autocast only runs on CUDA
@@ -602,6 +612,10 @@ def recipe_arguments() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 = no EMA")
     p.add_argument("--clip-grad", type=float, default=d.clip_grad, help="0 = no clipping")
     p.add_argument("--drop-path", type=float, default=d.drop_path)
+    p.add_argument("--extend", type=int, default=d.extend,
+                   help="interpolate the patch tokens this many times per side: the paper's 'extending' (1 = off)")
+    p.add_argument("--upsample", type=int, default=d.upsample,
+                   help="upsample the images this many times per side before the model (1 = off)")
     p.add_argument("--train-samples", type=int, default=None, help="use only the first N training images")
     p.add_argument("--eval-samples", type=int, default=None, help="evaluate on the first N test images")
     p.add_argument("--device", default=d.device)

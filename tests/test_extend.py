@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,3 +83,62 @@ def test_bad_factors_are_refused_with_the_reason():
 
         model = create_model("vit_nano", img_size=32, patch_size=4, **SMALL)
         extend_patch_embedding(model, InterpolatedPatchProj(3, 32, 4, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The training options: TrainConfig(extend=...) and TrainConfig(upsample=...)
+# ---------------------------------------------------------------------------------------------
+def tiny_config(tmp_path, **changes):
+    from pixelvit.train import TrainConfig
+
+    return TrainConfig(model="adventurer_nano", dataset="specks", img_size=16, patch_size=8, steps=2, batch_size=8,
+                       model_args={"embed_dim": 16, "depth": 1}, eval_samples=16, device="cpu",
+                       runs_dir=str(tmp_path), data_root=str(tmp_path / "data"), **changes)
+
+
+@pytest.mark.parametrize(("changes", "tokens", "model_img_size"), [
+    ({}, 2 * 2 + 1, 16),
+    ({"extend": 4}, 8 * 8 + 1, 16),  # patch 8 on 16 px: a 2 x 2 grid interpolated to 8 x 8
+    ({"upsample": 2}, 4 * 4 + 1, 32),  # 32 px images, patch 8: a 4 x 4 grid
+])
+def test_training_options_give_the_expected_tokens_and_image_size(tmp_path, changes, tokens, model_img_size):
+    from pixelvit.tasks import get_task
+    from pixelvit.train import train
+
+    config = tiny_config(tmp_path, **changes)
+    data = get_task("classification").build_data(config, 16, progress=False)
+    image, _ = data.train_set[(0, 0)]
+    assert data.img_size == model_img_size and image.shape == (3, model_img_size, model_img_size)
+    assert image.dtype == torch.uint8 and data.test_set[0][0].shape == (3, model_img_size, model_img_size)
+    result = train(config, progress=False)
+    assert result.tokens == tokens
+
+
+def test_upsampled_images_are_the_bicubic_interpolation_of_the_stored_ones(tmp_path):
+    """A function of the stored pixels only (no new information): flat regions stay flat, and every image is
+    the bicubic upsampling of the stored one, rounded back to uint8."""
+    from pixelvit.data import ArrayImageDataset, ImageArrays, Upsampled, load_split
+
+    arrays = load_split("specks", "test", 16, root=tmp_path, progress=False).subset(4)
+    original = ArrayImageDataset(arrays)
+    for factor in (2, 4):
+        image, label = Upsampled(original, factor)[1]
+        assert image.shape == (3, 16 * factor, 16 * factor) and image.dtype == torch.uint8 and label == original[1][1]
+        source = original[1][0][None].float()
+        reference = F.interpolate(source, scale_factor=factor, mode="bicubic", align_corners=False)
+        assert (image.float() - reference[0].clamp(0, 255)).abs().max() <= 0.5
+    flat = ImageArrays(np.full((1, 8, 8, 3), 77, np.uint8), np.zeros(1, np.int64), ["x"], "flat")
+    assert (Upsampled(ArrayImageDataset(flat), 4)[0][0] == 77).all()
+
+
+def test_options_enter_the_hash_only_when_on(tmp_path):
+    from pixelvit.train import ConfigError, check_config, config_hash
+
+    base = tiny_config(tmp_path)
+    hashes = {config_hash(base), config_hash(tiny_config(tmp_path, extend=2)),
+              config_hash(tiny_config(tmp_path, upsample=2))}
+    assert len(hashes) == 3
+    with pytest.raises(ConfigError, match="must divide the patch size 8"):
+        check_config(tiny_config(tmp_path, extend=3))
+    with pytest.raises(ConfigError, match="use 1 \\(off\\) or more"):
+        check_config(tiny_config(tmp_path, upsample=0))

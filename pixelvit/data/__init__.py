@@ -17,6 +17,7 @@ from pixelvit.data.loading import (
     ArrayImageDataset,
     EpochBatchSampler,
     EvalBatchSampler,
+    Upsampled,
     make_loader,
     train_transform,
 )
@@ -25,5 +26,5 @@ from pixelvit.data.locations import DatasetNotFoundError, data_root, shared_data
 __all__ = [
     "AUGMENTATIONS", "ArrayImageDataset", "DatasetNotFoundError", "EpochBatchSampler", "EvalBatchSampler",
     "ImageArrays", "data_root", "default_augmentation", "default_img_size", "list_datasets", "load_split",
-    "make_loader", "shared_data_dir", "train_transform",
+    "make_loader", "shared_data_dir", "train_transform", "Upsampled",
 ]

@@ -25,6 +25,7 @@ import random
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.loader import PrefetchLoader
@@ -97,6 +98,22 @@ class ArrayImageDataset(Dataset):
             return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), label  # (3, H, W) uint8
         with private_random_state(sample_seed(self.seed, epoch, index)):
             return self.transform(Image.fromarray(image)), label
+
+
+class Upsampled(Dataset):
+    """Every image of `dataset` upsampled `factor` times per side (bicubic, still uint8): more pixels, no
+    new information. The training transform runs first, at the stored size."""
+
+    def __init__(self, dataset: Dataset, factor: int):
+        self.dataset, self.factor = dataset, factor
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        image, target = self.dataset[key]  # uint8 (3, H, W)
+        larger = F.interpolate(image[None].float(), scale_factor=self.factor, mode="bicubic", align_corners=False)
+        return larger[0].round().clamp(0, 255).to(torch.uint8), target  # uint8 (3, factor*H, factor*W)
 
 
 class EpochBatchSampler(Sampler):
