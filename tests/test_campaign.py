@@ -1,0 +1,122 @@
+"""tools/cifar_campaign.py: the queue is the issue's design, statistics and verdicts are right, and a tiny
+campaign (specks instead of CIFAR) trains, skips what finished, and reports only finished runs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "cifar_campaign.py"
+
+
+@pytest.fixture
+def campaign(monkeypatch):
+    spec = importlib.util.spec_from_file_location("cifar_campaign", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cifar_campaign", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_queue_covers_the_issue(campaign):
+    jobs = campaign.queue()
+    assert len({job.name for job in jobs}) == len(jobs)
+    for model in ("adventurer_nano", "vit_nano"):
+        for patch in (8, 4, 2):
+            assert {j.seed for j in jobs if j.model == model and j.patch == patch and j.method == "scale"} == {0, 1, 2}
+    assert any(j.model == "adventurer_nano" and j.patch == 1 and j.seed == 0 for j in jobs)
+    assert not any(j.model == "vit_nano" and j.patch == 1 for j in jobs)  # the CPU budget leaves it to a GPU
+    # every extended run has a scaled run with the same token count (the ablation's pairs)
+    scaled = {j.tokens for j in jobs if j.model == "adventurer_nano" and j.method == "scale"}
+    extended = [j for j in jobs if j.method == "extend"]
+    assert {j.tokens for j in extended} == {64, 256, 1024} <= scaled
+    # cheap before expensive: every seed-0 patch-8/4/2 run comes before the first patch-1 run
+    first_p1 = next(i for i, j in enumerate(jobs) if j.patch == 1)
+    assert all(i < first_p1 for i, j in enumerate(jobs) if j.seed == 0 and j.method == "scale" and j.patch > 1)
+    campaign.BUDGET = campaign.BUDGETS["gpu"]
+    assert any(j.model == "vit_nano" and j.patch == 1 for j in campaign.queue())
+
+
+def test_every_run_gets_the_same_budget_and_its_own_folder(campaign):
+    configs = [job.config() for job in campaign.queue()]
+    assert {(c.steps, c.batch_size, c.lr, c.dataset, c.img_size) for c in configs} == {
+        (campaign.BUDGET.steps, 64, 2e-3, "cifar10_jpeg", 32)}
+    assert all(c.runs_dir.endswith("cifar10_nano") and ".cache" in c.runs_dir for c in configs)
+    assert campaign.BUDGETS["gpu"].device == "cuda" and campaign.BUDGETS["gpu"].runs_dir.name == "cifar10_nano_gpu"
+
+
+def row(model, patch, seed, top1, method="scale", factor=1):
+    return {"name": f"{model}-{patch}-{method}{factor}-{seed}", "model": model, "method": method,
+            "patch_size": patch, "factor": factor, "tokens": (32 // patch * factor) ** 2, "seed": seed,
+            "top1": top1}
+
+
+def test_summary_mean_sd_and_n(campaign):
+    rows = [row("adventurer_nano", 8, s, v) for s, v in enumerate((40.0, 42.0, 44.0))]
+    rows += [row("adventurer_nano", 4, 0, 50.0)]
+    summary = {r["patch_size"]: r for r in campaign.summarise(rows)}
+    assert (summary[8]["n"], summary[8]["mean"], summary[8]["sd"]) == (3, 42.0, 2.0)  # sample sd (n - 1)
+    assert (summary[4]["n"], summary[4]["mean"], summary[4]["sd"]) == (1, 50.0, "")  # no spread from one seed
+    assert summary[8]["seeds"] == "0 1 2"
+
+
+def test_verdicts_say_plainly_where_the_mean_does_not_rise(campaign):
+    adv = "adventurer_nano"
+    rows = [row(adv, 8, s, 40.0 + s) for s in range(3)] + [row(adv, 4, s, 39.0 + s) for s in range(3)]
+    rows += [row(adv, 2, s, 45.0 + s) for s in range(3)]
+    lines = campaign.rise_verdicts(campaign.summarise(rows))
+    assert "patch 8 -> 4" in lines[0] and "does NOT rise by -1.00" in lines[0] and "within the spread" in lines[0]
+    assert "rises by +6.00" in lines[1] and "larger than the spread" in lines[1]
+    assert "pending" in lines[2]  # no patch-1 run yet: nothing is claimed
+
+    rows += [row(adv, 8, 0, 41.0, "extend", 2), row(adv, 8, 0, 40.5, "extend", 4)]
+    ablation = campaign.extend_vs_scale_rows(campaign.summarise(rows))
+    assert {(r["method"], r["tokens"]) for r in ablation} == {
+        ("scale", 16), ("extend", 16), ("scale", 64), ("extend", 64), ("scale", 256), ("extend", 256)}
+    verdict = campaign.ablation_verdict(ablation)
+    assert verdict.startswith("At 256 tokens") and "scaling beats extending by +5.50" in verdict
+
+
+@pytest.mark.slow
+def test_a_tiny_campaign_trains_skips_and_collects(campaign, tmp_path, monkeypatch):
+    """specks at 16 px, 3 steps per run: every run trains once, a second `run` trains nothing, and
+    collect writes the CSVs, figures and a README that lists the run it was not given as pending."""
+    monkeypatch.setattr(campaign, "DATASET", "specks")
+    monkeypatch.setattr(campaign, "IMG_SIZE", 16)
+    monkeypatch.setattr(campaign, "TRAIN_IMAGES", 64)
+    monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(campaign, "REPO", tmp_path)
+    monkeypatch.setattr(campaign, "BUDGET", dataclasses.replace(campaign.BUDGETS["cpu"], epochs=1, batch=32))
+    adv = "adventurer_nano"
+    jobs = [campaign.Job(adv, 8, 0), campaign.Job(adv, 4, 0), campaign.Job(adv, 8, 0, "extend", 2)]
+    pending = campaign.Job(adv, 2, 0)
+    monkeypatch.setattr(campaign, "queue", lambda: jobs)
+    small = {"eval_samples": 32, "model_args": {"embed_dim": 16, "depth": 1}}
+    original = campaign.Job.config
+    monkeypatch.setattr(campaign.Job, "config", lambda self, steps=None, **kw: original(self, steps, **{**small, **kw}))
+
+    assert campaign.run(None) == 0
+    results = [json.loads((campaign.run_dir(job) / "result.json").read_text()) for job in jobs]
+    assert [r["tokens"] for r in results] == [5, 17, 17]  # patch 8, patch 4, patch 8 extended 2x (+ class token)
+    stamps = [(campaign.run_dir(job) / "result.json").stat().st_mtime_ns for job in jobs]
+    assert campaign.run(None) == 0  # everything finished: nothing is trained again
+    assert stamps == [(campaign.run_dir(job) / "result.json").stat().st_mtime_ns for job in jobs]
+
+    monkeypatch.setattr(campaign, "queue", lambda: jobs + [pending])
+    assert campaign.collect() == 0
+    out = tmp_path / "results" / "cifar10_nano"
+    with open(out / "extend_vs_scale.csv") as handle:
+        ablation = list(csv.DictReader(handle))
+    assert {(r["method"], r["tokens"]) for r in ablation} == {("scale", "4"), ("extend", "4"), ("scale", "16"),
+                                                            ("extend", "16")}
+    with open(out / "runs.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3  # the pending run has no row
+    readme = (out / "README.md").read_text()
+    assert "3 of 4 runs finished" in readme and f"| {pending.name} | 64 | pending |" in readme
+    assert (out / "sweep.png").stat().st_size > 10_000 and (out / "extend_vs_scale.png").stat().st_size > 10_000
