@@ -311,3 +311,43 @@ def test_cli_names_a_bad_segmentation_argument_in_one_line(args, message, capsys
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # refused before any run folder or data work
+
+
+def test_segmentation_names_are_timm_models():
+    import timm
+
+    model = timm.create_model("adventurer_nano_seg_decoder", img_size=16, patch_size=4, num_classes=3)
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
+def test_decoder_leads_and_the_verdict_from_sweep_rows():
+    from pixelvit.dense import report
+
+    miou = {("linear", 8): 40.0, ("decoder", 8): 45.0, ("linear", 1): 90.0, ("decoder", 1): 91.0}
+    rows = [{"model": f"vit_nano_seg_{head}", "patch_size": str(p), "miou": str(v), "dataset": "scribbles", "img_size": 16}
+            for (head, p), v in miou.items()]  # as read back from results.csv: strings
+    assert report.decoder_leads(rows) == [
+        {"backbone": "vit_nano", "patch_size": 8, "linear": 40.0, "decoder": 45.0, "lead": 5.0},
+        {"backbone": "vit_nano", "patch_size": 1, "linear": 90.0, "decoder": 91.0, "lead": 1.0},
+    ]
+    assert report.lead_shrinks(rows)["vit_nano"]["shrinks"] is True
+    rows[1]["miou"] = "39.0"  # the decoder now trails at patch 8: its lead at patch 1 is no longer smaller
+    assert report.lead_shrinks(rows)["vit_nano"]["shrinks"] is False
+
+
+def test_sweep_over_patch_size_and_head_writes_miou_and_the_figure(data_root, tmp_path):
+    from pixelvit import sweep
+
+    base = tiny_run(data_root, tmp_path, steps=2, train_samples=32, eval_samples=16)
+    configs = sweep.grid(base, ["vit_micro_seg_linear", "vit_micro_seg_decoder"], [4, 2], seeds=[0])
+    rows = sweep.run_sweep(configs, tmp_path / "sweep", progress=False, paper=True)
+    assert [(r["model"], r["patch_size"]) for r in rows] == [
+        ("vit_micro_seg_linear", 4), ("vit_micro_seg_linear", 2), ("vit_micro_seg_decoder", 4), ("vit_micro_seg_decoder", 2)]
+    assert all(0 <= r["miou"] <= 100 and r["top1"] is None and r["gflops"] > 0 for r in rows)
+    assert rows[2]["gflops"] > rows[0]["gflops"]  # the decoder costs more than one linear layer
+    import csv
+
+    with open(tmp_path / "sweep" / "results.csv", newline="") as handle:
+        stored = list(csv.DictReader(handle))
+    assert [float(r["miou"]) for r in stored] == pytest.approx([r["miou"] for r in rows])
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000

@@ -219,3 +219,6 @@ def segmentation_gflops(model: SegmentationModel) -> dict:
             model.head(features)
     head = counter.get_total_flops()
     return {"backbone_gflops": backbone / 1e9, "head_gflops": head / 1e9, "gflops": (backbone + head) / 1e9}
+
+
+register_with_timm()  # importing pixelvit.dense makes timm.create_model("vit_nano_seg_linear", ...) work

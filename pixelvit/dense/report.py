@@ -1,6 +1,6 @@
 """Tables and figures of segmentation sweeps: mIoU vs patch size, linear head vs decoder, beside Table 2.
 
-    rows = pixelvit.sweep.read_csv("results/dense_scribbles/results.csv")
+    rows = list(csv.DictReader(open("results/dense_scribbles/results.csv")))   # or pandas' to_dict("records")
     decoder_leads(rows)          one row per backbone and patch size: linear, decoder, lead = decoder - linear
     sweep_figure(rows, paper)    (1) mIoU vs patch size per backbone and head, (2) the decoder's lead,
                                  (3) with paper=True, the paper's Table 2 (ADE20k, as reported)
