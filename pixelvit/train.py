@@ -420,12 +420,20 @@ def save_training_checkpoint(model, recipe: Recipe, progress: Progress, run: Run
         "elapsed_s": progress.wall_s(), "trained_images": progress.trained_images, "trained_s": progress.trained_s,
         **recipe.state_dict(), "rng_by_rank": run.processes.gather(random_state()),
     }
+    save_on_main_process(lambda: save_checkpoint(run.run_dir, progress.step, model, state), progress.step, run)
+
+
+def save_on_main_process(save, step: int, run: Run):
+    """Rank 0 calls save(); if the weights were NaN or inf (then nothing was written, see
+    pixelvit.io.save_model), every process stops together: the update of `step` made them."""
+    problem = None
     if run.processes.main:
         try:
-            save_checkpoint(run.run_dir, progress.step, model, state)
-        except NonFiniteWeights as problem:  # never on disk; the step's update is what made them
-            raise diverged(str(problem), progress.step - 1, run) from None
-    run.processes.barrier()
+            save()
+        except NonFiniteWeights as error:
+            problem = str(error)
+    if run.processes.sum([problem is not None], run.device)[0]:  # also the barrier after the save
+        raise diverged(problem or "rank 0's weights are NaN or inf", step - 1, run)
 
 
 def finish(model, recipe: Recipe, test_loader, progress: Progress, run: Run, metrics: MetricsLog) -> RunResult:
@@ -443,13 +451,9 @@ def finish(model, recipe: Recipe, test_loader, progress: Progress, run: Run, met
     )
     metrics.write({"kind": "eval", "step": progress.step, "epoch": result.epochs, **final,
                    "top1_raw": result.top1_raw, "wall_s": result.wall_s})
-    if run.processes.main:
-        extra = {"top1": result.top1, "dataset": run.config.dataset, "steps": progress.step, "ema": bool(recipe.ema)}
-        try:
-            finish_run(run.run_dir, recipe.eval_model(model), result, extra=extra)
-        except NonFiniteWeights as problem:
-            raise diverged(str(problem), progress.step - 1, run) from None
-    run.processes.barrier()
+    extra = {"top1": result.top1, "dataset": run.config.dataset, "steps": progress.step, "ema": bool(recipe.ema)}
+    save_on_main_process(lambda: finish_run(run.run_dir, recipe.eval_model(model), result, extra=extra),
+                         progress.step, run)
     return result
 
 
