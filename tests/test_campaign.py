@@ -36,6 +36,7 @@ def test_queue_covers_the_issue(campaign):
     scaled = {j.tokens for j in jobs if j.model == "adventurer_nano" and j.method == "scale"}
     extended = [j for j in jobs if j.method == "extend"]
     assert {j.tokens for j in extended} == {64, 256, 1024} <= scaled
+    assert {j.tokens for j in jobs if j.method == "upsample"} == {64, 256}
     # cheap before expensive: every seed-0 patch-8/4/2 run comes before the first patch-1 run
     first_p1 = next(i for i, j in enumerate(jobs) if j.patch == 1)
     assert all(i < first_p1 for i, j in enumerate(jobs) if j.seed == 0 and j.method == "scale" and j.patch > 1)
@@ -94,7 +95,8 @@ def test_a_tiny_campaign_trains_skips_and_collects(campaign, tmp_path, monkeypat
     monkeypatch.setattr(campaign, "REPO", tmp_path)
     monkeypatch.setattr(campaign, "BUDGET", dataclasses.replace(campaign.BUDGETS["cpu"], epochs=1, batch=32))
     adv = "adventurer_nano"
-    jobs = [campaign.Job(adv, 8, 0), campaign.Job(adv, 4, 0), campaign.Job(adv, 8, 0, "extend", 2)]
+    jobs = [campaign.Job(adv, 8, 0), campaign.Job(adv, 4, 0), campaign.Job(adv, 8, 0, "extend", 2),
+            campaign.Job(adv, 8, 0, "upsample", 2)]
     pending = campaign.Job(adv, 2, 0)
     monkeypatch.setattr(campaign, "queue", lambda: jobs)
     small = {"eval_samples": 32, "model_args": {"embed_dim": 16, "depth": 1}}
@@ -103,7 +105,8 @@ def test_a_tiny_campaign_trains_skips_and_collects(campaign, tmp_path, monkeypat
 
     assert campaign.run(None) == 0
     results = [json.loads((campaign.run_dir(job) / "result.json").read_text()) for job in jobs]
-    assert [r["tokens"] for r in results] == [5, 17, 17]  # patch 8, patch 4, patch 8 extended 2x (+ class token)
+    # patch 8, patch 4, patch 8 extended 2x, patch 8 on 2x upsampled images (+ the class token)
+    assert [r["tokens"] for r in results] == [5, 17, 17, 17]
     stamps = [(campaign.run_dir(job) / "result.json").stat().st_mtime_ns for job in jobs]
     assert campaign.run(None) == 0  # everything finished: nothing is trained again
     assert stamps == [(campaign.run_dir(job) / "result.json").stat().st_mtime_ns for job in jobs]
@@ -114,9 +117,9 @@ def test_a_tiny_campaign_trains_skips_and_collects(campaign, tmp_path, monkeypat
     with open(out / "extend_vs_scale.csv") as handle:
         ablation = list(csv.DictReader(handle))
     assert {(r["method"], r["tokens"]) for r in ablation} == {("scale", "4"), ("extend", "4"), ("scale", "16"),
-                                                            ("extend", "16")}
+                                                            ("extend", "16"), ("upsample", "16")}
     with open(out / "runs.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 3  # the pending run has no row
+        assert len(list(csv.DictReader(handle))) == 4  # the pending run has no row
     readme = (out / "README.md").read_text()
-    assert "3 of 4 runs finished" in readme and f"| {pending.name} | 64 | pending |" in readme
+    assert "4 of 5 runs finished" in readme and f"| {pending.name} | 64 | pending |" in readme
     assert (out / "sweep.png").stat().st_size > 10_000 and (out / "extend_vs_scale.png").stat().st_size > 10_000

@@ -91,7 +91,8 @@ BUDGET = BUDGETS["cpu"]  # main() selects with --budget
 
 @dataclass(frozen=True)
 class Job:
-    """One run of the campaign. method: scale (an ordinary patch size) or extend (patch 8, tokens interpolated)."""
+    """One run of the campaign. method: scale (an ordinary patch size), extend (patch 8, token grid
+    interpolated `factor` times per side) or upsample (patch 8 on images upsampled `factor` times)."""
 
     model: str
     patch: int
@@ -106,14 +107,14 @@ class Job:
 
     @property
     def name(self) -> str:
-        kind = f"p{self.patch}" + (f"-extend{self.factor}" if self.method == "extend" else "")
+        kind = f"p{self.patch}" + (f"-{self.method}{self.factor}" if self.method != "scale" else "")
         return f"{self.model}-{kind}-seed{self.seed}"
 
     def config(self, steps: int | None = None, **overrides):
         from pixelvit.train import TrainConfig
 
         b = BUDGET
-        extra = {"extend": self.factor} if self.method == "extend" else {}
+        extra = {self.method: self.factor} if self.method != "scale" else {}  # extend=f or upsample=f
         values = dict(model=self.model, dataset=DATASET, img_size=IMG_SIZE, patch_size=self.patch,
                       steps=steps or b.steps, batch_size=b.batch, lr=b.lr, seed=self.seed, device=b.device,
                       runs_dir=str(b.runs_dir), eval_every=TRAIN_IMAGES // b.batch, checkpoint_every=50,
@@ -134,6 +135,8 @@ def queue() -> list[Job]:
     jobs += [Job(adv, 8, s, "extend", f) for s in (1, 2) for f in (2, 4)]
     jobs += [Job(adv, 8, 0, "extend", 8)]  # 1,024 tokens, against patch 1
     jobs += [Job(adv, 1, s) for s in (1, 2)]
+    # upsampling the image and keeping the patch: scaling in disguise (pixelvit.extend's docstring), checked
+    jobs += [Job(adv, 8, 0, "upsample", f) for f in (2, 4)]
     if BUDGET.vit_patch1:
         jobs += [Job(vit, 1, s) for s in (0, 1, 2)]
     return jobs
@@ -193,7 +196,7 @@ def pilot_speeds() -> dict[str, float]:
 
 
 def kind(job: Job) -> str:
-    return f"{job.model} p{job.patch}" + (f" extend x{job.factor}" if job.method == "extend" else "")
+    return f"{job.model} p{job.patch}" + (f" {job.method} x{job.factor}" if job.method != "scale" else "")
 
 
 def hours_left(job: Job, steps_done: int, speeds: dict) -> float | None:
@@ -335,7 +338,7 @@ def pilot(args) -> int:
     one_thread()
     kinds = {}
     for job in queue():
-        if not (job.method == "extend" and job.factor == 8):  # costs what patch 1 costs (same 1,024 tokens)
+        if job.method == "scale" or (job.method == "extend" and job.factor < 8):  # the rest cost what scale costs
             kinds.setdefault(kind(job), job)
     rows = []
     with tempfile.TemporaryDirectory(prefix="pixelvit-pilot-") as tmp:
@@ -509,7 +512,7 @@ def plot_extend_vs_scale(ablation: list[dict], path: Path):
 
     figure = new_figure(figsize=(11, 4.2))
     ours, theirs = figure.subplots(1, 2)
-    styles = {"scale": ("tab:blue", "o", "-"), "extend": ("tab:red", "s", "--")}
+    styles = {"scale": ("tab:blue", "o", "-"), "extend": ("tab:red", "s", "--"), "upsample": ("tab:green", "^", ":")}
     for method, (colour, marker, line) in styles.items():
         cells = [r for r in ablation if r["method"] == method]
         if cells:
@@ -518,8 +521,10 @@ def plot_extend_vs_scale(ablation: list[dict], path: Path):
                           capsize=4, label=method)
         for model in ("Adventurer-Base 224", "DeiT-Base 128"):
             points = [r for r in paper.extend_vs_scale() if r["method"] == method and r["model"] == model]
-            theirs.plot([p["tokens"] for p in points], [p["top1"] for p in points], color=colour, marker=marker,
-                        linestyle=line, alpha=1.0 if model.startswith("Adv") else 0.5, label=f"{model}, {method}")
+            if points:
+                theirs.plot([p["tokens"] for p in points], [p["top1"] for p in points], color=colour,
+                            marker=marker, linestyle=line, alpha=1.0 if model.startswith("Adv") else 0.5,
+                            label=f"{model}, {method}")
     for axis in (ours, theirs):
         axis.set_xscale("log", base=2)
         axis.legend(fontsize=8)
@@ -613,7 +618,9 @@ def report(jobs: list[Job], rows: list[dict], summary: list[dict], ablation: lis
               "`scale`: a smaller patch. `extend`: patch 8, its 4 x 4 token grid bilinearly interpolated 2x / 4x / 8x "
               "per side (pixelvit.extend), so the sequence is as long as the scaled one and costs as much, but "
               "no token carries detail finer than an 8 x 8 patch. The "
-              f"{(IMG_SIZE // 8) ** 2}-token row is the same patch-8 runs under both names.", ""]
+              f"{(IMG_SIZE // 8) ** 2}-token row is the same patch-8 runs under both names. `upsample`: patch 8 on the "
+              "image upsampled 2x / 4x (bicubic); each token then covers the same original pixels as the scaled "
+              "patch 4 / 2, so it is expected to match `scale`, not `extend` (pixelvit.extend explains why).", ""]
     lines += markdown_table(ablation, SUMMARY_COLUMNS) if ablation else ["No run has finished yet."]
     lines += ["", ablation_verdict(ablation), "", "Files: runs.csv (one row per finished run, with top-1 after "
               "each epoch), summary.csv, extend_vs_scale.csv, sweep.png, extend_vs_scale.png, pilot.json.", ""]
