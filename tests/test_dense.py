@@ -303,6 +303,7 @@ def test_eval_sums_add_up_over_batches_to_the_whole_set_metrics():
     (["--model", "vit_nano"], "vit_nano_seg_linear"),
     (["--model", "vit_nano_seg_linear", "--dataset", "cifar10"], "unknown segmentation dataset"),
     (["--model", "vit_nano_seg_linear", "--mixup", "0.2"], "not for segmentation"),
+    (["--model", "vit_nano_seg_linear", "--extend", "2"], "leave them at 1"),
 ])
 def test_cli_names_a_bad_segmentation_argument_in_one_line(args, message, capsys, tmp_path):
     code = pixelvit.train.main(["--task", "segmentation", "--dataset", "scribbles", "--runs-dir", str(tmp_path),

@@ -60,6 +60,8 @@ class SegmentationTask(Task):
             problems.append("--mixup / --cutmix mix labels of whole images: not for segmentation, leave them at 0")
         if config.init_from:
             problems.append("--init-from is not supported for segmentation yet: train from scratch")
+        if getattr(config, "extend", 1) != 1 or getattr(config, "upsample", 1) != 1:
+            problems.append("--extend / --upsample are classification experiments: leave them at 1 for segmentation")
         return problems
 
     def native_img_size(self, dataset: str) -> int:
