@@ -158,13 +158,12 @@ def _adventurer_costs(config, chunk_size: int = SCAN_CHUNK_SIZE) -> dict:
         ),
         "head": 2 * width * config.num_classes,
     }
-    # Values kept for backward per token and block (counted from the block's forward):
-    # norm in/out, in_proj out, conv out + SiLU out, scan output, gate, gated norm in/out, residual,
-    # MLP norm in/out, w1/w3 outputs, SiLU and product; plus the chunk states of the scan.
-    per_token_values = (
-        4 * width + in_proj_out + 2 * conv_channels + 4 * inner + 4 * mlp_hidden
-        + nheads * config.headdim * config.d_state // SCAN_CHUNK_SIZE
-    )
+    # Values kept for backward per token and block. The Mamba-2 mixer trains memory-lean
+    # (pixelvit.ops.mixer.MemoryLeanMixer keeps only its input and recomputes the rest in backward), so:
+    # the two RMSNorms' inputs and normalized values (before the weight), the mixer's input, the MLP
+    # norm's output, and the SwiGLU's w1/w2 outputs, SiLU and product. tests/test_costs.py checks it
+    # against what autograd saves (saved_tensors_hooks); benchmarks/training_memory.py measures it.
+    per_token_values = 6 * width + 4 * mlp_hidden
     activation_bytes = depth * mixer_tokens * per_token_values * BYTES_PER_VALUE
     return {"tokens": tokens, "mixer_tokens": mixer_tokens, "params_breakdown": params, "flops_breakdown": flops,
             "activation_bytes": activation_bytes}

@@ -135,3 +135,18 @@ def test_cli_rejects_a_patch_size_that_does_not_divide(capsys):
     with pytest.raises(SystemExit):
         costs.main(["--model", "vit_tiny", "--img-size", "224", "--patch-sizes", "16", "5"])
     assert "not divisible by patch size 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["vit_nano", "adventurer_nano"])
+def test_activation_memory_matches_what_autograd_saves(name):
+    """The per-image activation count (values, dtype aside) is within 10% of what autograd keeps in fp32."""
+    from benchmarks.machine import SavedTensorCounter
+
+    model = create_model(name, img_size=32, patch_size=2, num_classes=10).train()
+    images = torch.randn(2, 3, 32, 32)
+    with SavedTensorCounter(exclude=[*model.parameters(), images]) as saved:
+        loss = model(images).sum()
+    loss.backward()  # outside the counter: the lean mixer's recompute in backward is transient, not kept
+    values_saved = saved.bytes / 4 / 2  # fp32, per image
+    values_estimated = costs.estimate(model)["activation_mb"] * 1e6 / costs.BYTES_PER_VALUE
+    assert values_estimated == pytest.approx(values_saved, rel=0.10)
