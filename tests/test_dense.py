@@ -352,3 +352,14 @@ def test_sweep_over_patch_size_and_head_writes_miou_and_the_figure(data_root, tm
         stored = list(csv.DictReader(handle))
     assert [float(r["miou"]) for r in stored] == pytest.approx([r["miou"] for r in rows])
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
+
+
+def test_mosaic_reads_the_shared_copy_when_present_and_the_download_otherwise(tmp_path, monkeypatch):
+    from pixelvit.data.segmentation import cifar_source
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv("PIXELVIT_SHARED_DATA", str(shared))
+    assert cifar_source(tmp_path / "cache") == "cifar10"
+    (shared / "cifar10_jpeg.tar.gz").write_bytes(b"")  # only its presence is checked here
+    assert cifar_source(tmp_path / "cache") == "cifar10_jpeg"
