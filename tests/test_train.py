@@ -448,3 +448,22 @@ def test_the_command_prints_no_traceback_and_debug_shows_one(tmp_path):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     debug = subprocess.run([*command, "--debug"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_weights_that_turn_inf_after_a_finite_update_are_never_saved(data_root, tmp_path, monkeypatch):
+    """The last line of defence: the save path itself refuses NaN/inf weights, and the run stops there."""
+    after_step = pixelvit.train.Recipe.after_step
+
+    def then_overflow(self, model, step):
+        after_step(self, model, step)
+        if step == 3:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+
+    monkeypatch.setattr(pixelvit.train.Recipe, "after_step", then_overflow)
+    config = tiny(data_root, tmp_path, steps=8, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="NaN or inf .* at step 3 "):
+        train(config, progress=False)
+    run_dir = run_dir_of(config)
+    assert latest_checkpoint(run_dir).name == "step_0000002"
+    assert assert_no_non_finite_weights_on_disk(run_dir)
