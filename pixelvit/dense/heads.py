@@ -76,7 +76,7 @@ class LinearHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]  # (B, D, h, w): the last block's tokens, h = H/p
-        logits = self.proj(rearrange(x, "b d h w -> b h w d"))  # (B, h, w, classes * p * p)
+        logits = self.proj(rearrange(x, "b d h w -> b h w d"))  # (B, h, w, classes) or (B, h, w, classes * p * p)
         p = self.patch_size
         if self.upsample == "pixel_shuffle":
             # token (i, j) paints pixels [i*p:(i+1)*p, j*p:(j+1)*p]; same channel order as F.pixel_shuffle
