@@ -149,4 +149,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as error:  # otter assign or grading failed: its own output says why, no traceback
+        print(error, file=sys.stderr)
+        sys.exit(1)
