@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pixelvit.data.arrays import ImageArrays
-from pixelvit.data.locations import data_root, extract_tar
+from pixelvit.data.folders import SHARED_CIFAR10_ARCHIVE
+from pixelvit.data.locations import data_root, extract_tar, shared_data_dir
 from pixelvit.io import DownloadError, download_url, file_digest
 
 
@@ -114,9 +115,6 @@ def read_split(folder, name: str, split: str) -> ImageArrays:
 
 
 def how_to_get(name: str, root=None) -> str:
-    from pixelvit.data.folders import SHARED_CIFAR10_ARCHIVE
-    from pixelvit.data.locations import shared_data_dir
-
     source = CIFAR[name]
     # the course's copy of CIFAR-10 needs no internet: say so first, it is what a student offline wants
     course_copy = ""
