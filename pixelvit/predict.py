@@ -75,7 +75,8 @@ def predict(model, images, top: int = 5, batch_size: int = 8) -> list[list[tuple
         logits = model(batch.to(device=reference.device, dtype=reference.dtype))
         probabilities.append(logits.float().softmax(dim=-1).cpu())  # (B, num_classes)
     probabilities = torch.cat(probabilities)
-    names = class_names(probabilities.shape[-1])
+    labels = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")  # timm's key for class names
+    names = list(labels) if labels and len(labels) == probabilities.shape[-1] else class_names(probabilities.shape[-1])
     values, indices = probabilities.topk(min(top, probabilities.shape[-1]), dim=-1)
     return [
         [(p, i, names[i]) for p, i in zip(row_values.tolist(), row_indices.tolist(), strict=True)]

@@ -122,3 +122,18 @@ def test_hub_probe_sees_a_listening_hub(monkeypatch):
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(pretrained, "_HUB_ANSWERS", {})
         assert pretrained.hub_reachable() is True
+
+
+def test_predict_names_classes_from_the_models_label_names():
+    """A 10-class model used to print 'class 3'; timm's `label_names` in its pretrained_cfg give real names."""
+    import torch
+
+    from pixelvit.models import create_model
+    from pixelvit.predict import predict
+
+    torch.manual_seed(0)
+    model = create_model("vit_nano").eval()
+    names = [f"kind {i}" for i in range(10)]
+    model.pretrained_cfg = {**model.pretrained_cfg, "label_names": names}
+    (rows,) = predict(model, [torch.randn(3, 32, 32)], top=3)
+    assert [name for _, index, name in rows] == [names[index] for _, index, _ in rows]
