@@ -1,7 +1,11 @@
 """Benchmark the chunked SSD scan against the step-by-step loop on CPU: forward + backward, and memory.
 
     python benchmarks/bench_ssd.py [--lengths 256 1024 4096] [--repeats 5] [--threads 2]
-                                   [--out benchmarks/results/ssd_cpu.json]
+                                   [--out benchmarks/results/quick/ssd_cpu.json]
+
+The committed figures come from `python -m benchmarks` (benchmarks/results/results.json, section "scan"),
+which reuses this file's timing; this script alone is for exploring and writes to the git-ignored
+benchmarks/results/quick/ by default, so that no second copy of the same figure is committed.
 
 Shapes are Adventurer-Tiny's SSD: 8 heads, headdim 64, d_state 64, 1 group, float32, batch 1 (one image's
 token sequence; the chunked scan's time grows about linearly with batch, the loop's much less, because the
@@ -228,7 +232,7 @@ def main(argv=None):
     parser.add_argument("--max-sequential-length", type=int, default=16384,
                         help="skip the (slow, memory-hungry) loop above this length")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ssd_cpu.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quick/ssd_cpu.json"))
     parser.add_argument("--_peak-rss", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._peak_rss:                                        # child process of peak_rss_mb

@@ -7,6 +7,8 @@ Sections (names for --only):
     scan          chunked vs sequential SSD scan on CPU, time and memory           benchmarks/scan.py (+ bench_ssd.py)
     cost_growth   Adventurer vs ViT as tokens grow, and the crossover               benchmarks/cost_growth.py
     gpu           bf16 ViT-B vs the matmul peak; Adventurer at 50,178 tokens        benchmarks/gpu.py (CUDA only)
+    full_scale    Adventurer-Tiny/-Base at patch 1, 224 px on CPU: s, GFLOP/s, RSS  benchmarks/full_scale.py
+    training_memory  saved activation bytes per image, Adventurer vs ViT; step time  benchmarks/training_memory.py
 
 Writes DIR/results.json (everything, with the machine and the exact command), DIR/results.md (the tables)
 and DIR/cost_growth.json (the small file notebook 3 plots). Profiles: the default (full) takes ~10 minutes
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import cost_growth, gpu, scan, vit_vs_timm
+from benchmarks import cost_growth, full_scale, gpu, scan, training_memory, vit_vs_timm
 from benchmarks.machine import REPO_ROOT, machine_info
 
 SECTIONS = {
@@ -39,6 +41,8 @@ SECTIONS = {
     "scan": scan.run,
     "cost_growth": cost_growth.run,
     "gpu": gpu.run,
+    "full_scale": full_scale.run,
+    "training_memory": training_memory.run,
 }
 
 _GPU_FULL = dict(
@@ -65,6 +69,8 @@ PROFILES = {
         ),
         "cost_growth": dict(img_sizes=[32, 64], patch_sizes=[8, 4, 2, 1], batch_size=1, repeats=5),
         "gpu": _GPU_FULL,
+        "full_scale": dict(models=[("adventurer_tiny", 224, 1, True), ("adventurer_base", 224, 1, False)]),
+        "training_memory": dict(patch_sizes=[2, 1], repeats=5),
     },
     "quick": {
         "vit_vs_timm": dict(
@@ -79,6 +85,8 @@ PROFILES = {
             "repeats": 3,
             "warmup": 1,
         },
+        "full_scale": dict(models=[("adventurer_tiny", 64, 1, True)]),
+        "training_memory": dict(patch_sizes=[2, 1], repeats=3),
     },
     "tiny": {
         "vit_vs_timm": dict(configs=[("vit_micro", 8)], batch_size=2, repeats=2, warmup=0),
@@ -94,6 +102,8 @@ PROFILES = {
             repeats=1,
             warmup=0,
         ),
+        "full_scale": dict(models=[("adventurer_nano", 32, 4, True)]),
+        "training_memory": dict(patch_sizes=[4], img_size=16, batch_size=2, repeats=1, warmup=0),
     },
 }
 
@@ -348,11 +358,64 @@ def _md_gpu(s) -> list[str]:
     return lines
 
 
+def _md_full_scale(s) -> list[str]:
+    rows = [
+        [r["model"], f"{r['img_size']}x{r['img_size']}", r["patch_size"], f"{r['tokens']:,}", _f(r["gflops"], ",.0f"),
+         _f(r["seconds"]), _f(r["achieved_gflops_per_s"]), _f(r["matmul_gflops_per_s_before"]),
+         _f(r["matmul_gflops_per_s_after"]), _f(r["ratio_to_matmul"], ".2f"), _f(r["ratio_to_matmul_cpu_time"], ".2f"),
+         _f(r["peak_rss_mb"], ",.0f"), _f(r["rss_after_imports_mb"], ",.0f"), _f(r["rss_after_model_mb"], ",.0f")]
+        for r in s["rows"]
+    ]  # fmt: skip
+    lines = [
+        s["method"],
+        "",
+        *_table(["model", "image", "patch", "tokens", "GFLOP", "seconds", "GFLOP/s", "matmul GFLOP/s before",
+                 "after", "x matmul", "x matmul (CPU time)", "peak RSS MB", "RSS after imports MB",
+                 "RSS after model MB"], rows),
+    ]
+    for row in s["rows"]:
+        prof = row.get("profile_one_block")
+        if prof:
+            top = ", ".join(f"{name} {sec:.2f}" for name, sec in prof["top_ops_self_cpu_s"].items())
+            lines += ["", f"Profile of one {row['model']} block at {row['tokens']:,} tokens: {prof['block_self_cpu_s']:.2f} "
+                      f"s self CPU time, {prof['matmul_share']:.0%} in matrix products; top ops (s): {top}."]
+    for model, verdict in s["verdicts"].items():
+        lines += ["", f"Target {model}: " + "; ".join(
+            f"{key} {v['target']}: measured {v['measured']:.2f}, {'met' if v['met'] else 'NOT met'}"
+            for key, v in verdict.items())]
+    return lines
+
+
+def _md_training_memory(s) -> list[str]:
+    rows = [
+        [r["patch_size"], f"{r['tokens']:,}", _f(r["vit_saved_mb_per_image"], ".2f"),
+         _f(r["adventurer_saved_mb_per_image"], ".2f"), _f(r["adventurer_over_vit"], ".2f"),
+         _f(r["adventurer_before_saved_mb_per_image"], ".2f"), _f(r["before_over_vit"], ".2f"),
+         _f(r["step_ms_now"], ".0f"), _f(r["step_ms_before"], ".0f"), _f(r["step_speed_ratio_now_over_before"], ".2f")]
+        for r in s["rows"]
+    ]  # fmt: skip
+    return [
+        f"{s['models']['vit']} vs {s['models']['adventurer']} (64 x 4), {s['img_size']}x{s['img_size']} images, batch "
+        f"{s['batch_size']}, fp32; saved = {s['method']}. \"before\" = the readable mixer and ssd_chunked, as pixelvit "
+        f"trained before the memory-lean mixer; step = forward + backward + AdamW, medians of {s['repeats']} alternated "
+        "repetitions; speed ratio = before time / now time (> 1: now faster).",
+        "",
+        *_table(["patch", "tokens", "ViT saved MB/img", "Adventurer saved MB/img", "Adv/ViT", "before MB/img",
+                 "before/ViT", "step ms now", "step ms before", "speed ratio"], rows),
+        "",
+        f"Targets ({s['target']}): memory {'met' if s['memory_target_met'] else 'NOT met'} (worst "
+        f"{s['worst_adventurer_over_vit']:.2f}x ViT), step time {'met' if s['speed_target_met'] else 'NOT met'} "
+        f"(worst {s['worst_step_speed_ratio']:.2f}x).",
+    ]
+
+
 MARKDOWN = {
     "vit_vs_timm": ("1. pixelvit ViT vs timm, CPU training step", _md_vit_vs_timm),
     "scan": ("2. SSD scan on CPU: chunked vs sequential", _md_scan),
     "cost_growth": ("3. Cost growth: Adventurer vs ViT as tokens grow", _md_cost_growth),
     "gpu": ("4. GPU", _md_gpu),
+    "full_scale": ("5. Full scale on CPU: Adventurer at 50,177 tokens", _md_full_scale),
+    "training_memory": ("6. Training memory: Adventurer vs ViT", _md_training_memory),
 }
 
 

@@ -14,7 +14,7 @@ import torch
 from benchmarks.cost_growth import crossover
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ["vit_vs_timm", "scan", "cost_growth", "gpu"]
+SECTIONS = ["vit_vs_timm", "scan", "cost_growth", "gpu", "full_scale", "training_memory"]
 
 
 def run_suite(tmp_path, *args, timeout):
@@ -99,11 +99,34 @@ def check_results(out: Path, flag: str):
         skipped = sections["gpu"]["skipped"]
         assert "no GPU in this session" in skipped and "GPU part left for a GPU session" in skipped
 
+    full = sections["full_scale"]
+    assert full["rows"]
+    for row in full["rows"]:
+        for key in ("seconds", "achieved_gflops_per_s", "matmul_gflops_per_s_before", "ratio_to_matmul",
+                    "ratio_to_matmul_cpu_time", "gflops"):
+            assert positive(row[key]), key
+        assert row["logits_finite"] and row["tokens"] > 1
+        if sys.platform == "linux":  # the whole process: at least what the imports and the model took
+            assert row["peak_rss_mb"] >= row["rss_after_model_mb"] >= row["rss_after_imports_mb"] > 100
+    profiled = [row["profile_one_block"] for row in full["rows"] if "profile_one_block" in row]
+    assert profiled and 0 < profiled[0]["matmul_share"] <= 1 and profiled[0]["top_ops_self_cpu_s"]
+
+    memory = sections["training_memory"]
+    for row in memory["rows"]:
+        for key in ("vit_saved_mb_per_image", "adventurer_saved_mb_per_image", "adventurer_before_saved_mb_per_image",
+                    "step_ms_now", "step_ms_before"):
+            assert positive(row[key]), key
+        # exact counts, not timings: the memory-lean mixer keeps a fraction of what the readable one keeps
+        assert row["adventurer_saved_mb_per_image"] < 0.5 * row["adventurer_before_saved_mb_per_image"]
+    assert isinstance(memory["memory_target_met"], bool) and isinstance(memory["speed_target_met"], bool)
+
     markdown = (out / "results.md").read_text()
     assert results["command"] in markdown and machine["cpu_model"] in markdown
     for header in ("| model | patch | tokens |", "| length | chunked ms |", "| image | patch | tokens |"):
         assert header in markdown
     assert "## 4. GPU" in markdown
+    assert "## 5. Full scale on CPU" in markdown and "| model | image | patch | tokens | GFLOP |" in markdown
+    assert "## 6. Training memory" in markdown and "Adv/ViT" in markdown
 
 
 def test_tiny_run_writes_every_section(tmp_path):
@@ -114,7 +137,8 @@ def test_tiny_run_writes_every_section(tmp_path):
 def test_only_runs_the_named_sections(tmp_path):
     run_suite(tmp_path, "--tiny", "--only", "gpu", timeout=120)
     sections = json.loads((tmp_path / "results.json").read_text())["sections"]
-    assert all("not_selected" in sections[name] for name in ("vit_vs_timm", "scan", "cost_growth"))
+    assert all("not_selected" in sections[name]
+               for name in ("vit_vs_timm", "scan", "cost_growth", "full_scale", "training_memory"))
     assert not (tmp_path / "cost_growth.json").exists()
 
 

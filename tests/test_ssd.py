@@ -389,7 +389,7 @@ def test_memory_lean_mixer_gradients_and_saved_tensors():
         u = u0.clone().requires_grad_()
         storages = {}
 
-        def pack(t):
+        def pack(t, storages=storages):
             storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
             return t
 

@@ -47,9 +47,9 @@ from einops import rearrange, repeat
 
 # Chunk size recommended for `ssd_chunked` on CPU. Per token, step 1 costs ~Q*(p + n) and steps 2-4 cost
 # ~p*n whatever Q, so small chunks do fewer FLOPs; too small and the python loop of step 3 (L/Q steps)
-# and tiny matmuls take over. Forward+backward at length 4096, Adventurer-Tiny shapes (8 heads, headdim
-# 64, d_state 64), 2 busy shared EPYC cores (benchmarks/results/ssd_cpu.json): Q=16 291 ms, 32 239,
-# 64 237, 128 308, 256 502; 64 was fastest or tied in each of three runs. GPU kernels use 256.
+# and tiny matmuls take over. `python -m benchmarks` sweeps it (benchmarks/results/results.md, section 2,
+# "Chunk size sweep"): on 2 shared EPYC cores 32 and 64 were fastest, 256 about twice as slow.
+# GPU kernels use 256.
 CPU_CHUNK_SIZE = 64
 GPU_CHUNK_SIZE = 256  # mamba-ssm's kernel default
 
