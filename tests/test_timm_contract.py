@@ -11,7 +11,8 @@ import json
 import pytest
 import timm
 import torch
-from timm.data import resolve_data_config
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from timm.optim import create_optimizer_v2
 
 import pixelvit  # noqa: F401  (registers the models: nothing else is needed)
@@ -67,6 +68,8 @@ def test_instances_carry_their_cfg_and_timm_data_config_fits_them(name):
     model = small(name)
     data = resolve_data_config({}, model=model)
     assert data["input_size"] == model.pretrained_cfg["input_size"] == (3, *model.patch_embed.img_size)
+    picture = Image.new("RGB", (50, 40), (200, 30, 90))
+    assert create_transform(**data)(picture).shape == data["input_size"]  # timm's eval transform fits the model
     assert model.default_cfg is model.pretrained_cfg
     assert model(images_for(model)).shape == (2, model.num_classes)
     # pixelvit's own constructor path sets one too
