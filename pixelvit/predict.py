@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from pixelvit.io import DownloadError
+    from pixelvit.ops.progress import layer_progress
     from pixelvit.pretrained import CheckpointError, load_pretrained
 
     missing = [path for path in args.images if not Path(path).is_file()]
@@ -166,7 +167,8 @@ def main(argv=None) -> int:
     cfg = data_config(model)
     _, h, w = cfg["input_size"]
     start = time.perf_counter()
-    results = predict(model, images, top=args.top)
+    with layer_progress(model, calls=-(-len(images) // 8), desc="forward"):  # predict's batches of 8
+        results = predict(model, images, top=args.top)
     seconds = time.perf_counter() - start
     print(f"{args.checkpoint or args.model}: {h}x{w} input, {model.num_tokens:,} tokens, crop {cfg['crop_pct']}, "
           f"{seconds:.2f} s for {len(images)} image(s) on {device}")

@@ -605,3 +605,18 @@ def test_kernel_gradients_match_reference(backend):
         grads.append([t.grad for t in leaves])
     for name, g, g_ref in zip(["x", "dt", "A", "B", "C", "D"], *grads, strict=True):
         assert rel_err(g, g_ref) <= 1e-2, name
+
+
+def test_layer_progress_counts_every_block_and_cleans_up():
+    from pixelvit.models import create_model
+    from pixelvit.ops.progress import layer_progress
+
+    model = create_model("adventurer_nano", img_size=16, patch_size=4).eval()
+    images = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(images)
+        with layer_progress(model, calls=2) as bar:
+            model(images)
+            assert torch.equal(model(images), expected)  # the hooks do not touch the outputs
+    assert bar.n == bar.total == 2 * len(model.layers)
+    assert all(not block._forward_hooks for block in model.layers)
