@@ -45,7 +45,7 @@ import torch
 from pixelvit.catalog import CATALOG, Checkpoint
 from pixelvit.io import CONFIG_NAME, WEIGHTS_NAME, DownloadError, download_url, read_model_files, sha256_file
 from pixelvit.models import MODELS, create_model, get_config, list_models, model_from_config
-from pixelvit.models.timm_registry import TIMM_NAMES
+from pixelvit.models.timm_registry import TIMM_NAMES, pretrained_tag
 from pixelvit.resample import CLASS_TOKEN_POSITION, resample_patch_embed, resample_pos_embed
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / ModelEmaV2, torch.compile
@@ -358,8 +358,10 @@ class Source:
 def resolve_source(name_or_path, *, sha256: str | None = None, cache_dir=None,
                    allow_unsafe_pickle: bool = False) -> Source:
     """A released checkpoint name, a local file or pixelvit directory, an http(s) URL, or a timm ViT/DeiT name
-    -> its weights, downloaded (hash-checked) and read safely."""
+    -> its weights, downloaded (hash-checked) and read safely. A timm tag of a release
+    ('adventurer_tiny_patch1.in1k_64') names the same file as its catalog name."""
     text = str(name_or_path)
+    name_or_path = text = next((e.name for e in CATALOG.values() if pretrained_tag(e) == text), name_or_path)
     if not Path(text).expanduser().exists() and text not in CATALOG and not _is_url(text) and _is_timm_name(text):
         state, overrides, cfg = _timm_weights(text)
         return Source(f"timm {text}", state, pretrained_cfg=cfg, overrides=overrides)

@@ -220,6 +220,9 @@ def test_timm_pretrained_tag_downloads_and_loads_through_the_safe_loader(release
     assert "adventurer_tiny_patch1_64" in str(model.load_report)
     headless = timm.create_model("adventurer_tiny_patch1.in1k_64", pretrained=True, num_classes=10, **TINY)
     assert "dropped head" in str(headless.load_report) and headless.num_classes == 10
+    tagged = load_pretrained("adventurer_tiny_patch1.in1k_64", verbose=False, **TINY)  # the tag names the release
+    with torch.no_grad():
+        assert torch.equal(tagged(x), release.source(x)) and tagged.pretrained_cfg["checkpoint"] == "adventurer_tiny_patch1_64"
     features = timm.create_model("adventurer_tiny_patch1.in1k_64", pretrained=True, features_only=True,
                                  out_indices=(1,), **TINY)
     assert features(x)[0].shape == (1, 32, 64, 64)  # (B, D, H/p, W/p) at patch 1

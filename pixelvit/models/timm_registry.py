@@ -38,14 +38,17 @@ def model_cfg(name: str, **extra) -> dict:
     return {**data_cfg(get_config(name)), **PAPER, **extra}
 
 
+def pretrained_tag(entry) -> str:
+    """The timm name of a released checkpoint: adventurer_tiny_patch1_64 -> 'adventurer_tiny_patch1.in1k_64'."""
+    return f"{TIMM_NAMES[f'{entry.model}_patch{entry.patch_size}']}.in1k_{entry.img_size}"
+
+
 def _released_cfgs() -> dict:
     """'<timm name>.in1k_<size>' -> cfg, for every released checkpoint in pixelvit.catalog."""
     cfgs = {}
     for entry in sorted(CATALOG.values(), key=lambda e: -e.img_size):  # the largest input is each name's default
         name = f"{entry.model}_patch{entry.patch_size}"
-        if name not in MODELS:
-            continue
-        cfgs[f"{TIMM_NAMES[name]}.in1k_{entry.img_size}"] = model_cfg(
+        cfgs[pretrained_tag(entry)] = model_cfg(
             name, input_size=(3, entry.img_size, entry.img_size), crop_pct=entry.crop_pct,
             hf_hub_id=entry.repo_id, hf_hub_filename=entry.filename,
             custom_load="hf",  # timm downloads the file, then calls model.load_pretrained(path): pixelvit's safe loader
