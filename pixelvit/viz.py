@@ -153,6 +153,7 @@ def cost_figure(tables: dict, paper_memory_mb: dict | None = None):
         ax.invert_xaxis()  # smaller patches (more tokens) to the right
         ax.grid(True, which="major", alpha=0.3)
     axes[2].legend(fontsize=8)
+    figure.suptitle("What one image costs at each patch size (forward pass; training activations)", fontsize=11)
     figure.tight_layout()
     return figure
 

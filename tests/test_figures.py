@@ -26,7 +26,8 @@ def _texts(figure):
         for axis in (ax.xaxis, ax.yaxis):
             low, high = sorted(axis.get_view_interval())
             for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-                if not low - 1e-9 * abs(high - low) <= tick.get_loc() <= high + 1e-9 * abs(high - low):
+                outside = not low - 1e-9 * abs(high - low) <= tick.get_loc() <= high + 1e-9 * abs(high - low)
+                if outside or not ax.axison:  # ax.axis("off") hides every tick label
                     hidden.update((tick.label1, tick.label2))
     for artist in figure.findobj(matplotlib.text.Text):
         if artist.get_visible() and artist.get_text().strip() and artist not in hidden:
@@ -43,6 +44,8 @@ def figure_problems(figure, slack_px: float = 1.0) -> list[str]:
     renderer = canvas.get_renderer()
     width, height = canvas.get_width_height()
     has_title = bool(figure._suptitle and figure._suptitle.get_text())
+    legends = [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None] + list(figure.legends)
+    legend_labels = {text.get_text() for legend in legends for text in legend.get_texts()}
     for index, ax in enumerate(figure.axes):
         if not ax.axison or not ax.get_visible():
             continue
@@ -53,7 +56,9 @@ def figure_problems(figure, slack_px: float = 1.0) -> list[str]:
         if not ax.images and (not xlabel.strip() or not ax.get_ylabel()):
             found.append(f"{name}: missing an axis label (x: {xlabel!r}, y: {ax.get_ylabel()!r})")
         data_lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
-        if len(data_lines) > 1 and ax.get_legend() is None:
+        # a legend elsewhere in the figure that names every line here serves this panel too
+        shared = all(str(line.get_label()) in legend_labels for line in data_lines)
+        if len(data_lines) > 1 and ax.get_legend() is None and not shared:
             found.append(f"{name}: {len(data_lines)} lines and no legend")
     if not has_title:
         found.append("no title (neither a suptitle nor an axes title)")
@@ -99,6 +104,18 @@ def test_sweep_figure(paper, seeds):
 def test_committed_sweeps_replot_cleanly(folder):
     rows = json.loads((REPO / "results" / folder / "sweep.json").read_text())["rows"]
     assert figure_problems(viz.sweep_figure(rows, sweep.paper_reference())) == []
+
+
+def test_cost_figures():
+    from pixelvit import costs
+
+    tables = {name: costs.cost_table(name, 224, [16, 8, 4, 2, 1]) for name in ("vit_tiny", "adventurer_tiny")}
+    assert figure_problems(viz.cost_figure(tables, paper_memory_mb={16: 62, 1: 16_000})) == []
+    assert figure_problems(viz.growth_figure([256, 512, 1024], {"attention": [1, 3, 9], "scan": [1, 2, 4]},
+                                             {"attention": 2, "scan": 1}, title="seconds per call")) == []
+    stored = json.loads((REPO / "benchmarks" / "results" / "cost_growth.json").read_text())
+    assert figure_problems(viz.cost_growth_figure(stored)) == []
+    assert figure_problems(viz.adventurer_layout_figure()) == []
 
 
 def test_explorer_figure():
