@@ -38,9 +38,11 @@ def model_cfg(name: str, **extra) -> dict:
     return {**data_cfg(get_config(name)), **PAPER, **extra}
 
 
-def pretrained_tag(entry) -> str:
-    """The timm name of a released checkpoint: adventurer_tiny_patch1_64 -> 'adventurer_tiny_patch1.in1k_64'."""
-    return f"{TIMM_NAMES[f'{entry.model}_patch{entry.patch_size}']}.in1k_{entry.img_size}"
+def pretrained_tag(entry) -> str | None:
+    """The timm name of a released checkpoint: adventurer_tiny_patch1_64 -> 'adventurer_tiny_patch1.in1k_64'
+    (None for a catalog entry whose model and patch size have no registered name)."""
+    name = TIMM_NAMES.get(f"{entry.model}_patch{entry.patch_size}")
+    return f"{name}.in1k_{entry.img_size}" if name else None
 
 
 def _released_cfgs() -> dict:
@@ -48,6 +50,8 @@ def _released_cfgs() -> dict:
     cfgs = {}
     for entry in sorted(CATALOG.values(), key=lambda e: -e.img_size):  # the largest input is each name's default
         name = f"{entry.model}_patch{entry.patch_size}"
+        if pretrained_tag(entry) is None:
+            continue
         cfgs[pretrained_tag(entry)] = model_cfg(
             name, input_size=(3, entry.img_size, entry.img_size), crop_pct=entry.crop_pct,
             hf_hub_id=entry.repo_id, hf_hub_filename=entry.filename,
