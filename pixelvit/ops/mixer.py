@@ -172,17 +172,21 @@ def streaming_block(block, x: torch.Tensor, block_tokens: int = BLOCK_TOKENS) ->
     step = stream.block_length(block_tokens)
     out = torch.empty_like(x)
     for start in range(0, tokens + 1, step):  # positions in the mixer's sequence (0 = the mean token)
-        position = torch.arange(max(start, 1), min(start + step, tokens + 1), device=x.device)
+        first, end = max(start, 1), min(start + step, tokens + 1)
         if block.flip:  # position i <= N reads patch N - i; position N + 1 is the class token
+            position = torch.arange(first, end, device=x.device)
             rows = torch.where(position <= num_patches, num_patches - position, position - 1)
-        else:
-            rows = position - 1
-        x_rows = x.index_select(1, rows)  # (B, T, D)
+            x_rows = x.index_select(1, rows)  # (B, T, D)
+        else:  # position i reads token i - 1: a slice, no copy
+            x_rows = x[:, first - 1:end - 1]
         h = block.norm(x_rows)
         mixed = stream(torch.cat([mean, h], dim=1) if start == 0 else h)
         x_rows = x_rows + block.drop_path(mixed[:, 1:] if start == 0 else mixed)
         x_rows = x_rows + block.drop_path(block.mlp(block.norm_mlp(x_rows)))
-        out.index_copy_(1, rows, x_rows)
+        if block.flip:
+            out.index_copy_(1, rows, x_rows)
+        else:
+            out[:, first - 1:end - 1] = x_rows
     return out
 
 

@@ -227,9 +227,6 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-SMALL_CHUNK_COUNT = 64  # up to this many chunks, ssd_fast passes the states along by one matmul
-
-
 def _pass_states_loop(states, chunk_dA, state):
     """Step 3 as a loop over the c chunks: state_in[z+1] = exp(chunk_dA[z]) * state_in[z] + states[z]."""
     chunk_decay = torch.exp(chunk_dA)[..., None, None]                       # (b, h, c, 1, 1)
@@ -238,24 +235,6 @@ def _pass_states_loop(states, chunk_dA, state):
         states_in.append(state)
         state = torch.addcmul(states_z, decay_z, state)                      # (b, h, n, p)
     return torch.stack(states_in, dim=2), state                             # (b, h, c, n, p), (b, h, n, p)
-
-
-def _pass_states_matmul(states, chunk_dA, state):
-    """Step 3 unrolled into one (c+1, c+1) matmul per head, as ssd_minimal does (quadratic in c: for few chunks).
-
-    With S_z = chunk_dA[0] + ... + chunk_dA[z] and S_{-1} = 0, the state entering chunk z (z = c: the
-    final state) is exp(S_{z-1}) * state + sum_{k<z} exp(S_{z-1} - S_k) * states[k]. One small matmul
-    instead of c tiny ops, whose fixed cost (waking the other thread) dominates on a CPU.
-    """
-    b, h, c, n, p = states.shape
-    S = torch.cumsum(chunk_dA, dim=-1)                                       # (b, h, c)
-    S_before = F.pad(S, (1, 0))                                              # (b, h, c+1): S_{z-1}
-    weights = torch.exp((S_before[..., :, None] - S[..., None, :]).clamp(max=0))   # (b, h, c+1, c) [z, k]
-    weights = weights * torch.ones(c + 1, c, dtype=torch.bool, device=S.device).tril(-1)  # k < z only
-    entering = torch.matmul(weights, states.reshape(b, h, c, n * p))         # (b, h, c+1, n p)
-    entering = entering + torch.exp(S_before)[..., None] * state.reshape(b, h, 1, n * p)
-    entering = entering.view(b, h, c + 1, n, p)
-    return entering[:, :, :c], entering[:, :, c]
 
 
 def ssd_fast(x, dt, A, B, C, chunk_size=CPU_CHUNK_SIZE, D=None, initial_state=None, return_final_state=False):
@@ -314,20 +293,23 @@ def ssd_fast(x, dt, A, B, C, chunk_size=CPU_CHUNK_SIZE, D=None, initial_state=No
         state = X.new_zeros(b, h, n, p)
     else:
         state = initial_state.to(dtype).transpose(-1, -2)                    # (b, h, n, p)
-    chunk_dA = dA_cumsum[..., -1]                                            # (b, h, c) log-decay of each chunk
-    if c <= SMALL_CHUNK_COUNT:
-        states_in, state = _pass_states_matmul(states, chunk_dA, state)
-    else:
-        states_in, state = _pass_states_loop(states, chunk_dA, state)
+    # (A python loop of c tiny ops. ssd_minimal's (c+1) x (c+1) matmul form was measured ~2x slower here
+    # even for the 32 chunks of one streamed block, so only the loop is kept.)
+    states_in, state = _pass_states_loop(states, dA_cumsum[..., -1], state)
 
     # 4. state -> output: Y += (C * exp(dA_1 + ... + dA_l)) @ state_in
     C_decayed = (Cg * torch.exp(dA_cumsum).view(b, g, r, c, Q, 1)).view(b, h, c, Q, n)
     Y = torch.matmul(C_decayed, states_in).add_(Y) if not grad else Y + torch.matmul(C_decayed, states_in)
 
     y = Y.view(b, h, c * Q, p)[:, :, :seqlen].transpose(1, 2)                # (b, L, h, p) view
-    if D is not None:
-        y = torch.addcmul(y, x[:, :seqlen], D.to(dtype)[:, None])
-    y = y.contiguous().to(out_dtype)
+    if D is None:
+        y = y.contiguous()
+    elif grad:
+        y = torch.addcmul(y, x[:, :seqlen], D.to(dtype)[:, None]).contiguous()
+    else:  # the skip and the transpose back to (b, L, h, p) in one pass
+        out = torch.empty(batch, seqlen, nheads, headdim, dtype=dtype, device=x.device)
+        y = torch.addcmul(y, x[:, :seqlen], D.to(dtype)[:, None], out=out)
+    y = y.to(out_dtype)
     if return_final_state:  # in the compute dtype (float32 for half inputs): a block boundary loses nothing
         return y, state.transpose(-1, -2)
     return y
