@@ -266,7 +266,11 @@ def ssd_fast(x, dt, A, B, C, chunk_size=CPU_CHUNK_SIZE, D=None, initial_state=No
 
     # head-major, chunked: (b, h, c, Q, p); group-major B and C: (b, g, 1, c, Q, n)
     dt_h = dt.permute(0, 2, 1)                                               # (b, h, L) view
-    X = (x.permute(0, 2, 1, 3) * dt_h[..., None]).contiguous().view(b, h, c, Q, p)  # dt_t x_t
+    if grad:
+        X = x.permute(0, 2, 1, 3).contiguous() * dt_h[..., None]             # (b, h, L, p) dt_t x_t
+    else:  # the same, written head-major in one pass
+        X = torch.mul(x.permute(0, 2, 1, 3), dt_h[..., None], out=x.new_empty(b, h, c * Q, p))
+    X = X.view(b, h, c, Q, p)
     dA_cumsum = (dt_h * A[:, None]).reshape(b, h, c, Q).cumsum(-1)          # (b, h, c, Q)
     Bg = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]           # (b, g, 1, c, Q, n) view
     Cg = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)[:, :, None]           # (b, g, 1, c, Q, n) view
