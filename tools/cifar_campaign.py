@@ -15,7 +15,7 @@ What runs: the nano models (64 wide x 4 deep) on `cifar10_jpeg` (../shared/data)
   against the sweep's patch 4 / 2 / 1 runs with the same token counts, which serve as the "scale" rows.
 
 Why it can stop at any moment: every run is an ordinary pixelvit.train run in its own folder under
-~/.cache/pixelvit/runs/cifar10_nano (outside the work tree), checkpointed every 50 steps and at every
+~/.cache/pixelvit/runs/cifar10_nano (outside the work tree), checkpointed every 25 steps and at every
 epoch end; `run` skips finished runs and resumes a stopped one from its last checkpoint, exactly
 (pixelvit.train's resume). Runs whose rows are already committed in results/cifar10_nano/runs.csv are
 skipped too, so a machine without that cache does not redo finished work (a run cut short on such a
@@ -80,7 +80,11 @@ class Budget:
 
 
 BUDGETS = {
-    # 2 shared CPU cores, one thread: 3 epochs (2,343 steps of 64), chosen from the pilot (results/cifar10_nano)
+    # 2 shared CPU cores, one thread: 3 epochs (2,343 steps of 64), 3x the committed one-epoch sweeps, with a
+    # test pass after every epoch to show whether the ranking at epoch 1 holds. The pilot (results/cifar10_nano/
+    # pilot.json: 2.2 img/s at patch 1 ... 161 img/s for ViT at patch 8, 1 thread under a load of ~7) puts the
+    # queue up to the first patch-1 run at ~53 single-thread hours under that load: many sessions, so the
+    # queue is ordered for what finishes first to be useful, and every run resumes where it stopped.
     "cpu": Budget("cpu", epochs=3, batch=64, lr=2e-3, device="cpu", vit_patch1=False),
     # a CUDA machine (bf16 autocast, pixelvit.train's default there): 30 epochs of 256, lr scaled by
     # sqrt(256 / 64), ViT at patch 1 too. Not yet run: no GPU numbers are committed.
@@ -117,7 +121,7 @@ class Job:
         extra = {self.method: self.factor} if self.method != "scale" else {}  # extend=f or upsample=f
         values = dict(model=self.model, dataset=DATASET, img_size=IMG_SIZE, patch_size=self.patch,
                       steps=steps or b.steps, batch_size=b.batch, lr=b.lr, seed=self.seed, device=b.device,
-                      runs_dir=str(b.runs_dir), eval_every=TRAIN_IMAGES // b.batch, checkpoint_every=50,
+                      runs_dir=str(b.runs_dir), eval_every=TRAIN_IMAGES // b.batch, checkpoint_every=25,
                       num_workers=b.workers, **extra)
         values.update(overrides)
         return TrainConfig(**values)
