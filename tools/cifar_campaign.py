@@ -586,6 +586,11 @@ def ablation_verdict(ablation: list[dict]) -> str:
             f"extend {describe(extend)}: {verdict} by {gap:+.2f} points.")
 
 
+def pinned_commit() -> str:
+    path = BUDGET.runs_dir / "code" / "PINNED"
+    return path.read_text().strip() if path.exists() else ""
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return lines + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
@@ -604,9 +609,13 @@ def report(jobs: list[Job], rows: list[dict], summary: list[dict], ablation: lis
         "Models: `adventurer_nano` and `vit_nano` (64 wide x 4 deep). Tokens are patch tokens (the class "
         "token not counted). Mean and sample sd over seeds; n = number of seeds finished.",
         "",
-        f"## Status: {len(finished)} of {len(jobs)} runs finished",
+        f"## Status: {len(finished)} of {len(jobs)} runs finished (collected {time.strftime('%Y-%m-%d %H:%M %Z')})",
         "",
-        "Only finished runs enter the tables below; nothing is reported for a run still in progress.",
+        "Only finished runs enter the tables below; nothing is reported for a run still in progress. "
+        "To continue the queue (skips finished runs, resumes the one in progress from its last checkpoint): "
+        "`python tools/cifar_campaign.py start`; then `plan` to watch it and `collect` to rewrite this folder. "
+        f"Runs live in `{BUDGET.runs_dir.as_posix().replace(str(Path.home()), '~')}`"
+        + (f"; the campaign's code is pinned at commit {pinned_commit()[:12]}." if pinned_commit() else "."),
         "",
         "| # | run | tokens | state |",
         "|---|---|---|---|",
