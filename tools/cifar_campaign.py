@@ -493,7 +493,7 @@ def plot_sweep(rows: list[dict], summary: list[dict], path: Path):
                 means = [sum(c[e] for c in curves) / len(curves) for e in epochs]
                 right.plot(epochs, means, marker=".", color=colour, alpha=0.35 + 0.15 * (8 // patch).bit_length(),
                            label=f"{model} p{patch}")
-    left.set_xscale("log", base=2)
+    plain_log2(left)
     left.set(xlabel="patch tokens per image (log scale)", ylabel="CIFAR-10 test top-1 (%)",
              title="Smaller patches, same steps")
     left.legend(fontsize=8)
@@ -504,6 +504,15 @@ def plot_sweep(rows: list[dict], summary: list[dict], path: Path):
     figure.tight_layout()
     with atomic_write(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)
+
+
+def plain_log2(axis):
+    """Log-2 x axis with plain numbers (16, 64, 256) instead of powers of two."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axis.set_xscale("log", base=2)
+    axis.xaxis.set_major_formatter(ScalarFormatter())
+    axis.xaxis.set_minor_formatter(NullFormatter())
 
 
 def parse_epochs(text: str) -> dict[float, float]:
@@ -531,7 +540,7 @@ def plot_extend_vs_scale(ablation: list[dict], path: Path):
                             marker=marker, linestyle=line, alpha=1.0 if model.startswith("Adv") else 0.5,
                             label=f"{model}, {method}")
     for axis in (ours, theirs):
-        axis.set_xscale("log", base=2)
+        plain_log2(axis)
         axis.legend(fontsize=8)
     ours.set(xlabel="patch tokens per image", ylabel="CIFAR-10 test top-1 (%)",
              title="adventurer_nano, CIFAR-10 32 px (measured here)\nextend: patch 8, token grid interpolated")
