@@ -605,3 +605,14 @@ def test_layer_progress_counts_every_block_and_cleans_up():
             assert torch.equal(model(images), expected)  # the hooks do not touch the outputs
     assert bar.n == bar.total == 2 * len(model.layers)
     assert all(not block._forward_hooks for block in model.layers)
+
+
+def test_streamed_blocks_share_their_rows_with_the_batch():
+    """A block holds about BLOCK_TOKENS rows whatever the batch: a big evaluation batch streams in short
+    blocks (never below one chunk) instead of holding batch x 2048 tokens of every temporary."""
+    from pixelvit.ops.mixer import MixerStream
+
+    mixer = _small_mixer(chunk_size=16)
+    assert MixerStream(mixer, torch.zeros(1, 5, 16)).block_length(2048) == 2048
+    assert MixerStream(mixer, torch.zeros(4, 5, 16)).block_length(2048) == 512
+    assert MixerStream(mixer, torch.zeros(256, 5, 16)).block_length(2048) == 16

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from pixelvit.ops.ssd import default_chunk_size, select_backend, ssd_fast
 
-BLOCK_TOKENS = 2048  # tokens per block of streaming_forward: rounded to a multiple of the chunk size
+BLOCK_TOKENS = 2048  # rows (batch x tokens) per streamed block; tokens rounded to a multiple of the chunk
 
 _local = threading.local()  # per thread: inside `readable_mixer()`?
 
@@ -92,6 +92,7 @@ class MixerStream:
 
     def __init__(self, mixer, u: torch.Tensor):
         self.m = m = mixer
+        self.batch = u.shape[0]
         self.chunk = m.chunk_size or default_chunk_size(u.device)
         self.compute_dtype = torch.promote_types(u.dtype, torch.float32)
         self.A = -torch.exp(m.A_log.to(self.compute_dtype))  # (nheads,)
@@ -101,7 +102,9 @@ class MixerStream:
         self.state = None  # (B, nheads, headdim, d_state)
 
     def block_length(self, block_tokens: int = BLOCK_TOKENS) -> int:
-        return max(self.chunk, block_tokens // self.chunk * self.chunk)
+        """Tokens per block: `block_tokens` rows in all (shared by the batch), a multiple of the chunk."""
+        per_sequence = block_tokens // max(self.batch, 1)
+        return max(self.chunk, per_sequence // self.chunk * self.chunk)
 
     @torch.no_grad()
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
@@ -162,14 +165,14 @@ def streaming_block(block, x: torch.Tensor, block_tokens: int = BLOCK_TOKENS) ->
     """
     batch, tokens, _ = x.shape
     num_patches = tokens - 1
+    stream = MixerStream(block.mixer, x)
+    step = stream.block_length(block_tokens)  # tokens per block (rows per block / batch)
     total = None
-    for start in range(0, tokens, block_tokens):  # the heading average: mean over all N+1 of norm(x)
-        part = block.norm(x[:, start:start + block_tokens]).sum(dim=1, keepdim=True, dtype=torch.float64)
+    for start in range(0, tokens, step):  # the heading average: mean over all N+1 of norm(x)
+        part = block.norm(x[:, start:start + step]).sum(dim=1, keepdim=True, dtype=torch.float64)
         total = part if total is None else total + part
     mean = (total / tokens).to(x.dtype)  # (B, 1, D)
 
-    stream = MixerStream(block.mixer, x)
-    step = stream.block_length(block_tokens)
     out = torch.empty_like(x)
     for start in range(0, tokens + 1, step):  # positions in the mixer's sequence (0 = the mean token)
         first, end = max(start, 1), min(start + step, tokens + 1)
