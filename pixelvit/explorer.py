@@ -72,14 +72,17 @@ def cached_checkpoints() -> list[str]:
 
 
 _LOADED: dict = {}
+# shipped inside the package (pixelvit.assets): real predictions offline, with no download
+SHIPPED = ("cifar10_adventurer_nano",)  # pixelvit.assets.CIFAR10_MODEL
 
 
 def load_weights(source: str):
-    """A pretrained model from a catalog name or a local path, loaded once per session."""
+    """A pretrained model from a catalog name, a shipped model's name or a local path, loaded once per session."""
     if source not in _LOADED:
+        from pixelvit import assets
         from pixelvit.pretrained import load_pretrained
 
-        _LOADED[source] = load_pretrained(source)
+        _LOADED[source] = load_pretrained(assets.CIFAR10_MODEL if source in SHIPPED else source)
     return _LOADED[source]
 
 
@@ -203,8 +206,9 @@ def show(image="astronaut", patch_size: int = 16, model: str = "vit_tiny", img_s
 # the widget app
 # ---------------------------------------------------------------------------------------------
 def model_options(checkpoints=()) -> list[str]:
-    """Architectures (random weights, costs only), then every pretrained checkpoint on this machine."""
-    found = list(dict.fromkeys([*map(str, checkpoints), *cached_checkpoints()]))
+    """Architectures (random weights, costs only), then the shipped model and every pretrained checkpoint on
+    this machine."""
+    found = list(dict.fromkeys([*SHIPPED, *map(str, checkpoints), *cached_checkpoints()]))
     return [*ARCHITECTURES, *(f"checkpoint: {name}" for name in found)]
 
 
