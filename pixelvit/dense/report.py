@@ -58,7 +58,7 @@ def lead_shrinks(rows: list[dict]) -> dict[str, dict]:
 def format_leads(rows: list[dict]) -> str:
     """A Markdown table of decoder_leads."""
     lines = ["| backbone | patch | linear mIoU | decoder mIoU | decoder lead |", "|---|---|---|---|---|"]
-    lines += [f"| {r['backbone']} | {r['patch_size']} | {r['linear']:.1f} | {r['decoder']:.1f} | {r['lead']:+.1f} |"
+    lines += [f"| {r['backbone']} | {r['patch_size']} | {r['linear']:.2f} | {r['decoder']:.2f} | {r['lead']:+.2f} |"
               for r in decoder_leads(rows)]
     return "\n".join(lines)
 
