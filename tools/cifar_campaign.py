@@ -460,6 +460,7 @@ def collect(_args=None) -> int:
     write_csv(ablation, SUMMARY_COLUMNS, BUDGET.results / "extend_vs_scale.csv")
     if rows:
         plot_sweep(rows, summary, BUDGET.results / "sweep.png")
+    if ablation:  # only once an Adventurer run has finished
         plot_extend_vs_scale(ablation, BUDGET.results / "extend_vs_scale.png")
     (BUDGET.results / "README.md").write_text(report(jobs, rows, summary, ablation, committed))
     print(f"{len(rows)} of {len(jobs)} runs finished -> {BUDGET.results}")
@@ -497,8 +498,12 @@ def plot_sweep(rows: list[dict], summary: list[dict], path: Path):
     left.set(xlabel="patch tokens per image (log scale)", ylabel="CIFAR-10 test top-1 (%)",
              title="Smaller patches, same steps")
     left.legend(fontsize=8)
+    if not right.get_legend_handles_labels()[0]:
+        right.text(0.5, 0.5, "no per-epoch evaluations yet", ha="center", transform=right.transAxes)
     right.set(xlabel="epoch", ylabel="test top-1 (%)", title="During training (seed means)")
-    right.legend(fontsize=7, ncol=2)
+    right.set_xticks(range(1, BUDGET.epochs + 1))
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7, ncol=2)
     figure.suptitle(f"nano models (64 x 4) on CIFAR-10 at 32 x 32, {BUDGET.steps} steps of {BUDGET.batch} ({BUDGET.epochs} epochs), "
                     "10,000 test images; measured here on CPU", fontsize=10)
     figure.tight_layout()
@@ -541,7 +546,8 @@ def plot_extend_vs_scale(ablation: list[dict], path: Path):
                             label=f"{model}, {method}")
     for axis in (ours, theirs):
         plain_log2(axis)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     ours.set(xlabel="patch tokens per image", ylabel="CIFAR-10 test top-1 (%)",
              title="adventurer_nano, CIFAR-10 32 px (measured here)\nextend: patch 8, token grid interpolated")
     theirs.set(xlabel="tokens", ylabel="ImageNet-1k top-1 (%)",
@@ -644,7 +650,7 @@ def report(jobs: list[Job], rows: list[dict], summary: list[dict], ablation: lis
               f"{(IMG_SIZE // 8) ** 2}-token row is the same patch-8 runs under both names. `upsample`: patch 8 on the "
               "image upsampled 2x / 4x (bicubic); each token then covers the same original pixels as the scaled "
               "patch 4 / 2, so it is expected to match `scale`, not `extend` (pixelvit.extend explains why).", ""]
-    lines += markdown_table(ablation, SUMMARY_COLUMNS) if ablation else ["No run has finished yet."]
+    lines += markdown_table(ablation, SUMMARY_COLUMNS) if ablation else ["No Adventurer run has finished yet."]
     lines += ["", ablation_verdict(ablation), "", "Files: runs.csv (one row per finished run, with top-1 after "
               "each epoch), summary.csv, extend_vs_scale.csv, sweep.png, extend_vs_scale.png, pilot.json.", ""]
     return "\n".join(lines)
