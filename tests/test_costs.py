@@ -59,7 +59,11 @@ def _counted_flops(model, img_size) -> int:
     images = torch.randn(1, model.config.in_chans, img_size, img_size)
     # the math backend runs attention as matrix products, which FlopCounterMode counts
     # (it does not count the fused CPU kernel)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    # readable_mixer: Adventurer's plain forward (the streamed one does its causal conv as four multiply-adds,
+    # which FlopCounterMode does not count as a convolution)
+    from pixelvit.ops.mixer import readable_mixer
+
+    with torch.no_grad(), readable_mixer(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(images)
     return counter.get_total_flops()
 
