@@ -8,11 +8,12 @@ resize the shorter side to img_size / crop_pct (bicubic), center-crop img_size x
 normalize with the ImageNet mean and std. crop_pct comes from the checkpoint's catalog entry (1.0 for the
 patch-1 models at 128 and 224 px, 0.875 at 64 px and for patch 16 at 224 px).
 
-On a CPU the patch-1 models are slow but work: the Mamba-2 mixer runs pixelvit's chunked SSD scan (chunk 64
-on CPU, chosen by the scan itself), whose time and memory grow linearly with the tokens. Measured once:
-Adventurer-Base at patch 1 and 224 px (50,177 tokens; 50,178 inside the mixer), random weights, batch 1,
-2 shared AMD EPYC cores, torch 2.14: 258 s for one forward pass, 5.9 GiB peak resident memory (1.3 GiB of it the model). Other jobs
-started during the run (load 1.2 at the start, 5.2 at the end), so a quiet machine is somewhat faster.
+On a CPU the patch-1 models are slow but work: without gradients every Adventurer block runs its tokens in
+blocks (pixelvit.ops.mixer, tested equal to the plain forward), so time grows linearly with the tokens and
+memory stays flat. `python -m benchmarks` records the figures (benchmarks/results/results.md, full-scale
+section): Adventurer-Tiny and -Base at patch 1 and 224 px (50,177 tokens; 50,178 inside the mixer), one
+image on 2 shared CPU cores, with seconds, GFLOP/s against a matmul measured in the same process, and the
+whole process's peak memory.
 """
 
 from __future__ import annotations
