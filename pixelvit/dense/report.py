@@ -105,8 +105,14 @@ def sweep_figure(rows: list[dict], paper: bool = False):
     dataset = rows[0]["dataset"] if rows else ""
     size = rows[0].get("img_size", "") if rows else ""
 
-    figure = new_figure(figsize=(15 if paper else 10, 4.2), layout="constrained")
-    axes = figure.subplots(1, 3 if paper else 2)
+    # the paper's panel goes below the measured two (as in viz.sweep_figure), so the PNG stays 1,210 px wide
+    # and shows whole in JupyterLab's image viewer (tests/test_browser.py)
+    figure = new_figure(figsize=(11, 8.4 if paper else 4.2), layout="constrained")
+    if paper:
+        panels = figure.subplot_mosaic([["measured", "lead"], ["paper", "paper"]])
+        axes = [panels["measured"], panels["lead"], panels["paper"]]
+    else:
+        axes = figure.subplots(1, 2)
     ax = axes[0]
     for (backbone, head), by_patch in sorted(found.items()):
         xs = sorted(by_patch, reverse=True)
