@@ -611,8 +611,10 @@ def recipe_arguments() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--mixup", type=float, default=d.mixup, help="Mixup alpha (0 = off)")
     p.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0 = off)")
-    p.add_argument("--aug", dest="augmentation", default=None, choices=["none", "light", "timm"],
-                   help="default: the dataset's (specks: none, others: light)")
+    # No argparse `choices`: which names are valid depends on --task, and the task's check says so in one line
+    p.add_argument("--aug", dest="augmentation", default=None,
+                   help="classification: none | light | timm (default: the dataset's; specks: none, others: light); "
+                        "segmentation: none | flip (default: none)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 = no EMA")
     p.add_argument("--clip-grad", type=float, default=d.clip_grad, help="0 = no clipping")
     p.add_argument("--drop-path", type=float, default=d.drop_path)

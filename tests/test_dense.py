@@ -304,6 +304,7 @@ def test_eval_sums_add_up_over_batches_to_the_whole_set_metrics():
     (["--model", "vit_nano_seg_linear", "--dataset", "cifar10"], "unknown segmentation dataset"),
     (["--model", "vit_nano_seg_linear", "--mixup", "0.2"], "not for segmentation"),
     (["--model", "vit_nano_seg_linear", "--extend", "2"], "leave them at 1"),
+    (["--model", "vit_nano_seg_linear", "--aug", "light"], "unknown segmentation augmentation 'light'"),
 ])
 def test_cli_names_a_bad_segmentation_argument_in_one_line(args, message, capsys, tmp_path):
     code = pixelvit.train.main(["--task", "segmentation", "--dataset", "scribbles", "--runs-dir", str(tmp_path),
@@ -312,6 +313,15 @@ def test_cli_names_a_bad_segmentation_argument_in_one_line(args, message, capsys
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # refused before any run folder or data work
+
+
+def test_cli_accepts_the_segmentation_flip_and_the_check_passes():
+    """`--aug flip` reaches the segmentation task (argparse once refused it: its choices were classification's)."""
+    args = pixelvit.train.build_parser().parse_args(["--task", "segmentation", "--dataset", "scribbles",
+                                                     "--model", "vit_nano_seg_linear", "--aug", "flip"])
+    config = pixelvit.train.config_from_args(args)
+    assert config.augmentation == "flip"
+    pixelvit.train.check_config(config)  # raises ConfigError on any problem
 
 
 def test_segmentation_names_are_timm_models():

@@ -427,6 +427,7 @@ BAD_ARGUMENTS = {
     "bad-stage": (["--stages", "16"], "IMG_SIZE:STEPS"),
     "missing-init-from": (["--init-from", "/nonexistent/model"], "is not a pixelvit model directory"),
     "negative-lr": (["--lr", "-1"], "--lr must be > 0"),
+    "segmentation-aug-for-classification": (["--aug", "flip"], "unknown augmentation 'flip'"),
 }
 
 
