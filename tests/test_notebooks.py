@@ -268,11 +268,13 @@ def write_timings(rows: list[tuple[str, dict, dict]], path: Path) -> None:
     import platform
 
     cpu = platform.processor() or platform.machine()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip() or "unknown commit"
     lines = [
         "# Notebook run times",
         "",
         f"Measured with `python tests/test_notebooks.py --timings` on {os.cpu_count()} CPU cores ({cpu}), "
-        f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')}, offline, on a machine shared with "
+        f"torch {__import__('torch').__version__}, {time.strftime('%Y-%m-%d')}, commit {commit}, offline, on a machine shared with "
         "other jobs (times are upper-end). *Default* = the notebook as committed, top to bottom; *smoke* = "
         "`SMOKE=True`, what `tests/test_notebooks.py` runs. Peak memory is the kernel process's maximum "
         "resident set size. Budget per notebook: 5 minutes and 2 GB.",
