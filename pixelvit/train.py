@@ -59,7 +59,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pixelvit.cli import UserError, report_user_errors
-from pixelvit.data import EpochBatchSampler, EvalBatchSampler, make_loader
+from pixelvit.data import AUGMENTATIONS, EpochBatchSampler, EvalBatchSampler, make_loader
+from pixelvit.data.segmentation import SEGMENTATION_AUGMENTATIONS
 from pixelvit.distributed import Processes, describe_device, replicas_in_sync, resolve_device
 from pixelvit.io import NonFiniteWeights
 from pixelvit.patching import check_divisible
@@ -613,8 +614,8 @@ def recipe_arguments() -> argparse.ArgumentParser:
     p.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0 = off)")
     # No argparse `choices`: which names are valid depends on --task, and the task's check says so in one line
     p.add_argument("--aug", dest="augmentation", default=None,
-                   help="classification: none | light | timm (default: the dataset's; specks: none, others: light); "
-                        "segmentation: none | flip (default: none)")
+                   help=f"classification: {' | '.join(AUGMENTATIONS)} (default: the dataset's; specks: none, others: "
+                        f"light); segmentation: {' | '.join(SEGMENTATION_AUGMENTATIONS)} (default: none)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 = no EMA")
     p.add_argument("--clip-grad", type=float, default=d.clip_grad, help="0 = no clipping")
     p.add_argument("--drop-path", type=float, default=d.drop_path)
