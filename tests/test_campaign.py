@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import importlib.util
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,9 +89,9 @@ def test_verdicts_say_plainly_where_the_mean_does_not_rise(campaign):
 
 
 @pytest.mark.slow
-def test_a_tiny_campaign_trains_skips_and_collects(campaign, tmp_path, monkeypatch):
-    """specks at 16 px, 3 steps per run: every run trains once, a second `run` trains nothing, and
-    collect writes the CSVs, figures and a README that lists the run it was not given as pending."""
+def test_a_tiny_campaign_trains_skips_and_collects(campaign, tmp_path, monkeypatch, capsys):
+    """specks at 16 px, 3 steps per run: every run trains once, a job another worker holds is passed by and
+    shown as running, a second `run` trains only that one, and collect writes the CSVs, figures and a README that lists the run it was not given as pending."""
     monkeypatch.setattr(campaign, "DATASET", "specks")
     monkeypatch.setattr(campaign, "IMG_SIZE", 16)
     monkeypatch.setattr(campaign, "TRAIN_IMAGES", 64)
@@ -103,13 +107,20 @@ def test_a_tiny_campaign_trains_skips_and_collects(campaign, tmp_path, monkeypat
     original = campaign.Job.config
     monkeypatch.setattr(campaign.Job, "config", lambda self, steps=None, **kw: original(self, steps, **{**small, **kw}))
 
+    held = campaign.claim(jobs[1])  # as if another worker were training patch 4
     assert campaign.run(None) == 0
+    assert not (campaign.run_dir(jobs[1]) / "result.json").exists()  # passed by, not trained twice
+    campaign.plan()
+    assert f"{jobs[1].name:42s}    16 tokens  running" in capsys.readouterr().out
+    others = [job for job in jobs if job is not jobs[1]]
+    stamps = [(campaign.run_dir(job) / "result.json").stat().st_mtime_ns for job in others]
+    campaign.release(held)
+    assert campaign.run(None) == 0  # trains patch 4 only: the others finished
+    assert stamps == [(campaign.run_dir(job) / "result.json").stat().st_mtime_ns for job in others]
     results = [json.loads((campaign.run_dir(job) / "result.json").read_text()) for job in jobs]
     # patch 8, patch 4, patch 8 extended 2x, patch 8 on 2x upsampled images (+ the class token)
     assert [r["tokens"] for r in results] == [5, 17, 17, 17]
-    stamps = [(campaign.run_dir(job) / "result.json").stat().st_mtime_ns for job in jobs]
-    assert campaign.run(None) == 0  # everything finished: nothing is trained again
-    assert stamps == [(campaign.run_dir(job) / "result.json").stat().st_mtime_ns for job in jobs]
+    assert set(json.loads((tmp_path / "runs" / "manifest.json").read_text())) == {job.name for job in jobs}
 
     monkeypatch.setattr(campaign, "queue", lambda: jobs + [pending])
     assert campaign.collect() == 0
@@ -123,3 +134,41 @@ def test_a_tiny_campaign_trains_skips_and_collects(campaign, tmp_path, monkeypat
     readme = (out / "README.md").read_text()
     assert "4 of 5 runs finished" in readme and f"| {pending.name} | 64 | pending |" in readme
     assert (out / "sweep.png").stat().st_size > 10_000 and (out / "extend_vs_scale.png").stat().st_size > 10_000
+
+
+def test_a_job_lock_is_held_by_one_worker_and_freed_when_that_worker_is_killed(campaign, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path))
+    job = campaign.queue()[0]
+    held = campaign.claim(job)
+    assert held is not None and campaign.claim(job) is None  # a second worker (another open file) is refused
+    assert campaign.worker_of(job) == os.getpid()
+    campaign.release(held)
+    assert campaign.worker_of(job) is None
+    campaign.release(campaign.claim(job))
+
+    # another process claims the job and is killed mid-run: the lock goes with it
+    code = (f"import importlib.util, sys, time; spec = importlib.util.spec_from_file_location('c', {str(SCRIPT)!r}); "
+            "c = importlib.util.module_from_spec(spec); sys.modules['c'] = c; spec.loader.exec_module(c); "
+            "h = c.claim(c.queue()[0]); print('held' if h else 'refused', flush=True); time.sleep(60)")
+    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PIXELVIT_CAMPAIGN_RUNS": str(tmp_path)})
+    try:
+        assert worker.stdout.readline().strip() == "held"
+        assert campaign.claim(job) is None and campaign.worker_of(job) == worker.pid
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    assert campaign.worker_of(job) is None  # its pid is still in the file, but no such process
+    again = campaign.claim(job)
+    assert again is not None
+    campaign.release(again)
+
+
+def test_run_refuses_to_train_beside_an_older_exclusive_run(campaign, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path))
+    monkeypatch.setattr(campaign, "queue", lambda: pytest.fail("must stop before looking at the queue"))
+    with open(tmp_path / "campaign.lock", "w") as older:  # what the campaign's first version's `run` held
+        fcntl.flock(older, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert campaign.run(None) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "older `run` holds" in error and "start again" in error

@@ -3,6 +3,7 @@
     python tools/cifar_campaign.py pilot     # 50 steps of every kind of run: images/s now -> results/cifar10_nano/pilot.json
     python tools/cifar_campaign.py plan      # every run in queue order: done / partial (step k) / pending, hours left
     python tools/cifar_campaign.py start     # `run` in the background (1 thread, nice 15, own session), prints its pid
+    python tools/cifar_campaign.py start --parallel 2   # two such workers sharing the queue (an idle 2-core machine)
     python tools/cifar_campaign.py run       # train the queue in order, in this process
     python tools/cifar_campaign.py collect   # results/cifar10_nano/: runs.csv, summary.csv, extend_vs_scale.csv, figures, README.md
 
@@ -19,7 +20,8 @@ Why it can stop at any moment: every run is an ordinary pixelvit.train run in it
 epoch end; `run` skips finished runs and resumes a stopped one from its last checkpoint, exactly
 (pixelvit.train's resume). Runs whose rows are already committed in results/cifar10_nano/runs.csv are
 skipped too, so a machine without that cache does not redo finished work (a run cut short on such a
-machine starts again). A lock file keeps a second `run` from training the same queue at the same time.
+machine starts again). Several `run`s (workers) may share the queue: each takes the lock of the job it trains
+(runs dir / locks / NAME.lock), and the others pass that job by, so no two processes ever write one folder.
 The queue is ordered so that what finishes first is most useful: seed 0 of the cheap grid, the other
 seeds, the ablation, then the expensive patch-1 runs.
 
@@ -224,7 +226,10 @@ def plan(_args=None) -> int:
         left = hours_left(job, steps, speeds) if status in ("partial", "pending") else 0.0
         total += left or 0.0
         hours = "?" if left is None else f"{left:5.1f} h"
-        print(f"{index:2d}. {job.name:42s} {job.tokens:5d} tokens  {status:9s} {steps:5d}/{BUDGET.steps}  {hours}")
+        pid = worker_of(job) if status in ("partial", "pending") else None
+        status = "running" if pid else status
+        print(f"{index:2d}. {job.name:42s} {job.tokens:5d} tokens  {status:9s} {steps:5d}/{BUDGET.steps}  {hours}"
+              + (f"  (pid {pid})" if pid else ""))
     print(f"estimated single-thread hours left at the pilot's speed: {total:.1f}")
     return 0
 
@@ -233,7 +238,7 @@ def plan(_args=None) -> int:
 # Running
 # ---------------------------------------------------------------------------------------------
 def log(message: str):
-    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}"  # the pid tells workers apart
     print(line, flush=True)
 
 
@@ -250,46 +255,104 @@ def one_thread():
         pass
 
 
-def run(args) -> int:
+def claim(job: Job):
+    """Take the job's lock without waiting: an open file (release() gives it back), or None when another
+    worker holds it. flock: the kernel drops the lock of a worker that is killed, so nothing stays stuck.
+    The holder's pid is written into the file for `plan` to read without touching the lock."""
+    import fcntl
+
+    path = BUDGET.runs_dir / "locks" / f"{job.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def release(handle):
+    handle.truncate(0)  # no pid: nobody trains this job now
+    handle.close()
+
+
+def worker_of(job: Job) -> int | None:
+    """The pid of the live worker training this job, or None."""
+    try:
+        pid = int((BUDGET.runs_dir / "locks" / f"{job.name}.lock").read_text())
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:  # exists, owned by another user
+        pass
+    return pid
+
+
+def remember(job: Job, folder: Path):
+    """Add the job's folder to manifest.json (read, change, write under a lock: workers share the file)."""
     import fcntl
 
     from pixelvit.io import atomic_write_json
+
+    with open(BUDGET.runs_dir / "manifest.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        known = manifest()
+        if job.name not in known:
+            atomic_write_json(BUDGET.runs_dir / "manifest.json", {**known, job.name: str(folder)})
+
+
+def run(args) -> int:
+    """Train every job nobody has finished or is training, in queue order; a worker of a shared queue."""
+    import fcntl
+
     from pixelvit.train import train
 
     one_thread()
     BUDGET.runs_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(BUDGET.runs_dir / "campaign.lock", "w")
+    # Shared by this version's workers; a `run` of the campaign's first version took it exclusively and
+    # knows no job locks, so the two never train side by side.
+    campaign_lock = open(BUDGET.runs_dir / "campaign.lock", "a")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(campaign_lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"cifar_campaign: another `run` holds {BUDGET.runs_dir / 'campaign.lock'}; let it finish "
-              "(or stop that process) and start again", file=sys.stderr)
+        print(f"cifar_campaign: an older `run` holds {BUDGET.runs_dir / 'campaign.lock'}; stop that process "
+              "(its run resumes from its last checkpoint) and start again", file=sys.stderr)
         return 2
-    lock.write(str(os.getpid()))
-    lock.flush()
     import torch
 
     import pixelvit
 
     log(f"run: pixelvit from {Path(pixelvit.__file__).parent}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), budget {BUDGET.name}, runs in {BUDGET.runs_dir}")
-    committed = committed_rows()
+    committed, elsewhere = committed_rows(), []
     for job in queue():
-        status, steps = state(job, committed)
-        if status in ("done", "committed"):
+        if state(job, committed)[0] in ("done", "committed"):
             continue
-        log(f"{job.name}: {'resuming at step ' + str(steps) if steps else 'starting'} ({job.tokens} tokens)")
-        config = job.config()
-        folder = run_dir(job)
-        if job.name not in manifest():
-            atomic_write_json(BUDGET.runs_dir / "manifest.json", {**manifest(), job.name: str(folder)})
+        held = claim(job)
+        if held is None:
+            elsewhere.append(job.name)
+            continue
         try:
-            result = train(dataclasses.replace(config, out=str(folder)), progress=False)
-        except Exception as error:  # most likely the code or the machine, not this run: stop, keep the queue
-            log(f"{job.name}: FAILED, queue stopped (start again once fixed): {type(error).__name__}: {error}")
-            return 1
+            status, steps = state(job, committed)  # again, under the lock: another worker may just have finished it
+            if status == "done":
+                continue
+            log(f"{job.name}: {'resuming at step ' + str(steps) if steps else 'starting'} ({job.tokens} tokens)")
+            folder = run_dir(job)
+            remember(job, folder)
+            try:
+                result = train(dataclasses.replace(job.config(), out=str(folder)), progress=False)
+            except Exception as error:  # most likely the code or the machine, not this run: stop, keep the queue
+                log(f"{job.name}: FAILED, worker stopped (start again once fixed): {type(error).__name__}: {error}")
+                return 1
+        finally:
+            release(held)
         log(f"{job.name}: top-1 {result.top1:.2f} % after {result.steps} steps, {result.images_per_s:.1f} img/s")
-    log("queue finished")
+    log(f"worker finished; still being trained by other workers: {', '.join(elsewhere)}" if elsewhere
+        else "queue finished")
     return 0
 
 
@@ -300,6 +363,7 @@ def start(args) -> int:
     someone's half-finished edit. The first `start` pins the commit it copied (runs dir / code/PINNED);
     later starts, in later sessions too, run that same code, so every run of the campaign is trained,
     hashed and resumed by one version of pixelvit. `start --new-code` pins the current HEAD instead.
+    `--parallel N` starts N workers (one thread each) that share the queue (see `run`).
     """
     import subprocess
 
@@ -321,14 +385,18 @@ def start(args) -> int:
            "PYTHONPATH": str(source),  # this copy of pixelvit, ahead of the installed (editable) one
            "PIXELVIT_SHARED_DATA": os.environ.get("PIXELVIT_SHARED_DATA", str(REPO.parent / "shared" / "data"))}
     log_path = BUDGET.runs_dir / "campaign.log"
+    pids = []
     with open(log_path, "a") as out:
-        out.write(f"--- start: commit {revision}, code in {source}\n")
+        out.write(f"--- start: commit {revision}, code in {source}, {args.parallel} worker(s)\n")
         out.flush()
-        process = subprocess.Popen(["nice", "-n", "15", sys.executable, str(source / "tools" / "cifar_campaign.py"),
-                                    "--budget", BUDGET.name, "run"],
-                                   cwd=source, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    print(f"campaign running in the background: pid {process.pid}, commit {revision[:12]}, log {log_path}")
+        for _ in range(args.parallel):
+            process = subprocess.Popen(["nice", "-n", "15", sys.executable, str(source / "tools" / "cifar_campaign.py"),
+                                        "--budget", BUDGET.name, "run"],
+                                       cwd=source, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            pids.append(str(process.pid))
+            time.sleep(2)  # the first worker claims its job before the next one looks at the queue
+    print(f"campaign running in the background: pid {', '.join(pids)}, commit {revision[:12]}, log {log_path}")
     return 0
 
 
@@ -667,6 +735,9 @@ def main(argv=None) -> int:
     start_parser = commands.add_parser("start", help="`run` in the background (detached, nice 15, 1 thread)")
     start_parser.add_argument("--new-code", action="store_true",
                               help="run the current commit instead of the one the campaign started with")
+    start_parser.add_argument("--parallel", type=int, default=1, choices=range(1, 9), metavar="N",
+                              help="N workers side by side, one thread each, sharing the queue (default 1; "
+                                   "2 on an idle 2-core machine)")
     pilot_parser = commands.add_parser("pilot", help="measure images/s of each kind of run")
     pilot_parser.add_argument("--steps", type=int, default=50)
     commands.add_parser("collect", help="write results/cifar10_nano from the finished runs")
