@@ -172,3 +172,25 @@ def test_run_refuses_to_train_beside_an_older_exclusive_run(campaign, tmp_path, 
         assert campaign.run(None) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "older `run` holds" in error and "start again" in error
+
+
+def test_plan_estimates_from_finished_runs_before_the_pilot(campaign, monkeypatch):
+    adv = "adventurer_nano"
+    done, same_kind, extended = campaign.Job(adv, 8, 0), campaign.Job(adv, 8, 1), campaign.Job(adv, 4, 0, "extend", 2)
+    patch2, patch1 = campaign.Job(adv, 2, 0), campaign.Job(adv, 1, 0)
+    monkeypatch.setattr(campaign, "queue", lambda: [done, same_kind, extended, patch2, patch1])
+    rows = {done.name: {"images_per_s": "200.0"}, extended.name: {"images_per_s": "100.0"}}
+    monkeypatch.setattr(campaign, "finished_row", lambda job, committed: rows.get(job.name))
+    measured = campaign.measured_speeds({})
+    assert measured == {"adventurer_nano p8": 200.0, "adventurer_nano p4 extend x2": 100.0}
+    pilot = {"adventurer_nano p8": 50.0, "adventurer_nano p4 extend x2": 40.0, "adventurer_nano p2": 10.0,
+             "adventurer_nano p1": 2.0}
+    assert campaign.estimated_speed(same_kind, pilot, measured) == 200.0  # the finished run's, not the pilot's
+    assert campaign.estimated_speed(campaign.Job(adv, 8, 0, "extend", 4), pilot, measured) == 10.0 * 3.25  # as patch 2
+    # nothing finished at patch 1: the pilot's speed times the median of measured / pilot (4.0 and 2.5)
+    assert campaign.estimated_speed(patch1, pilot, measured) == 2.0 * 3.25
+    assert campaign.estimated_speed(patch1, {}, measured) is None and campaign.hours_left(patch1, 0, None) is None
+    steps, batch = campaign.BUDGET.steps, campaign.BUDGET.batch
+    train_hours = steps * batch / 200.0 / 3600
+    assert train_hours < campaign.hours_left(same_kind, 0, 200.0) < 1.1 * train_hours  # + a test pass per epoch
+    assert campaign.hours_left(same_kind, steps // 2, 200.0) == pytest.approx(campaign.hours_left(same_kind, 0, 200.0) / 2, rel=1e-3)

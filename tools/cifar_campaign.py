@@ -202,13 +202,39 @@ def pilot_speeds() -> dict[str, float]:
     return {row["kind"]: row["images_per_s"] for row in json.loads(path.read_text())["rows"]}
 
 
+def measured_speeds(committed: dict) -> dict[str, float]:
+    """Training images/s of the finished runs, median by kind: they ran the whole budget on this machine,
+    so they estimate the rest better than the pilot's 50 steps under whatever load the pilot met."""
+    import statistics
+
+    by_kind: dict[str, list[float]] = {}
+    for job in queue():
+        row = finished_row(job, committed)
+        if row is not None:
+            by_kind.setdefault(kind(job), []).append(float(row["images_per_s"]))
+    return {name: statistics.median(values) for name, values in by_kind.items()}
+
+
 def kind(job: Job) -> str:
     return f"{job.model} p{job.patch}" + (f" {job.method} x{job.factor}" if job.method != "scale" else "")
 
 
-def hours_left(job: Job, steps_done: int, speeds: dict) -> float | None:
-    # an extended run costs what the scaled run with the same token count costs
-    speed = speeds.get(kind(job)) or speeds.get(f"{job.model} p{job.patch // job.factor}")
+def estimated_speed(job: Job, pilot: dict, measured: dict) -> float | None:
+    """Training images/s to expect: finished runs of the same kind, or of the scaled kind with the same token
+    count (an extended run costs what that one costs); else the pilot's, times the median of how much faster
+    the finished runs went than the pilot measured them (the load the pilot met is not the load now)."""
+    own, same_tokens = kind(job), f"{job.model} p{job.patch // job.factor}"
+    for name in (own, same_tokens):
+        if name in measured:
+            return measured[name]
+    import statistics
+
+    base = pilot.get(own) or pilot.get(same_tokens)
+    ratios = [measured[name] / pilot[name] for name in measured if pilot.get(name)]
+    return base * statistics.median(ratios) if base and ratios else base
+
+
+def hours_left(job: Job, steps_done: int, speed: float | None) -> float | None:
     if not speed:
         return None
     b = BUDGET
@@ -217,20 +243,22 @@ def hours_left(job: Job, steps_done: int, speeds: dict) -> float | None:
 
 
 def plan(_args=None) -> int:
-    committed, speeds = committed_rows(), pilot_speeds()
+    committed = committed_rows()
+    pilot, measured = pilot_speeds(), measured_speeds(committed)
     total = 0.0
     print(f"runs dir: {BUDGET.runs_dir}   budget {BUDGET.name}: {BUDGET.steps} steps x {BUDGET.batch} images "
           f"({BUDGET.epochs} epochs) per run")
     for index, job in enumerate(queue(), 1):
         status, steps = state(job, committed)
-        left = hours_left(job, steps, speeds) if status in ("partial", "pending") else 0.0
+        left = hours_left(job, steps, estimated_speed(job, pilot, measured)) if status in ("partial", "pending") else 0.0
         total += left or 0.0
         hours = "?" if left is None else f"{left:5.1f} h"
         pid = worker_of(job) if status in ("partial", "pending") else None
         status = "running" if pid else status
         print(f"{index:2d}. {job.name:42s} {job.tokens:5d} tokens  {status:9s} {steps:5d}/{BUDGET.steps}  {hours}"
               + (f"  (pid {pid})" if pid else ""))
-    print(f"estimated single-thread hours left at the pilot's speed: {total:.1f}")
+    print(f"estimated single-thread hours left: {total:.1f} (at the images/s of finished runs; see estimated_speed); "
+          "with `start --parallel 2` on an idle 2-core machine about half")
     return 0
 
 
