@@ -8,7 +8,7 @@ Adventurer-Tiny), and autograd keeps about twenty of them per layer. Two situati
   `BLOCK_TOKENS` tokens in turn. Only two things cross a block boundary, both small: the last d_conv - 1
   inputs of the causal convolution, and the SSM state (b, nheads, headdim, d_state) the scan ends the
   block with. Memory is the input, the output and one block's temporaries; the matmuls still see
-  2048-row blocks, and every temporary stays in the cache instead of being a fresh 233 MB allocation.
+  1024-row blocks, and no temporary is a fresh 233 MB allocation.
   `streaming_block` does the same for a whole Adventurer block (norms, mean token, flip, MLP).
 * Training - `MemoryLeanMixer`, a torch.autograd.Function: its forward is `streaming_forward` (no graph),
   it keeps only the mixer's input u for backward, and its backward recomputes the readable forward with
@@ -32,7 +32,12 @@ import torch.nn.functional as F
 
 from pixelvit.ops.ssd import default_chunk_size, select_backend, ssd_fast
 
-BLOCK_TOKENS = 2048  # rows (batch x tokens) per streamed block; tokens rounded to a multiple of the chunk
+# Rows (batch x tokens) per streamed block; tokens rounded to a multiple of the chunk. One block's temporaries
+# (in_proj's 3,152 channels, the chunked scan's chunk x chunk matrices per head, the MLP) are ~0.1 MB per row
+# for Adventurer-Base: at 2,048 rows its 224 px patch-1 forward peaked past 2 GB; 1,024 rows took ~120 MB off
+# that peak at the same speed (one thread, median of 4 alternated block calls: 1024 / 2048 = 0.88x the time);
+# 512 rows cost ~20 % more time.
+BLOCK_TOKENS = 1024
 
 _local = threading.local()  # per thread: inside `readable_mixer()`?
 
