@@ -31,7 +31,8 @@ Properties the tests check:
   random generators; the data order is a function of (seed, epoch) (pixelvit.data.loading), so the
   resumed run rebuilds the epoch and skips ahead.
 * DDP: under torchrun each process takes 1/N of every global batch; the result matches one process
-  with the same global batch, and the replicas are checked to hold identical weights at the end.
+  with the same global batch, and the replicas are checked to hold identical weights at the end. The
+  ranks start from the same weights but draw their own random numbers (augmentation, drop path).
 * A loss or gradient norm that is NaN or infinite stops the run before the bad update, clipping on
   or off; no weight file with NaN or inf is ever written.
 * Bad arguments stop the run before any data work, with one line naming the problem and the fix.
@@ -364,6 +365,13 @@ def evaluate(model, loader, run: Run) -> dict:
     return run.task.summarize(run.processes.sum(sums, run.device))
 
 
+def seed_rank(seed: int, rank: int):
+    """From here on each DDP rank draws its own random numbers (crops, flips, drop-path masks); with one seed
+    rank 1 repeated rank 0's draws on its half of the batch. Rank 0, and a single process, keep the seed's."""
+    if rank:
+        seed_everything(seed + 1_000_003 * rank)
+
+
 def build_data_in_turn(task: Task, config: TrainConfig, processes: Processes, progress: bool) -> TaskData:
     """Rank 0 builds the dataset cache first; the other processes then read it."""
     img_size = config.img_size or task.native_img_size(config.dataset)
@@ -481,6 +489,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunResult:
         seed_everything(config.seed)  # every generator, every run and stage: same config, same weights
         model = task.build_model(config, data).to(device)
         recipe = Recipe.create(config, model, task, data)
+        seed_rank(config.seed, processes.rank)  # after the initialisation every rank shares
         train_model = wrap_for_training(model, run)
         epoch_batches, test_loader = loaders(data, run)
 

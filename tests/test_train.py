@@ -239,6 +239,31 @@ def test_ddp_two_processes_stay_in_sync_and_match_one_process(data_root, tmp_pat
     assert difference / update < 1e-3
 
 
+def test_ranks_share_the_initialisation_then_draw_their_own_random_numbers():
+    """What train() does on each rank: seed, build the model, seed_rank. Rank 0 draws what one process draws."""
+    import random
+
+    import numpy as np
+
+    from pixelvit.runs import seed_everything
+    from pixelvit.train import seed_rank
+
+    def rank_draws(rank):
+        seed_everything(7)
+        initial = torch.randn(5)  # the model's initialisation
+        seed_rank(7, rank)
+        return initial, (torch.rand(4).tolist(), np.random.rand(), random.random())
+
+    seed_everything(7)
+    torch.randn(5)
+    one_process = (torch.rand(4).tolist(), np.random.rand(), random.random())
+    (init0, draws0), (init1, draws1), (init2, draws2) = rank_draws(0), rank_draws(1), rank_draws(2)
+    assert torch.equal(init0, init1) and torch.equal(init0, init2)
+    assert draws0 == one_process  # single-process runs (and their hashes and weights) are unchanged
+    for a, b in ((draws0, draws1), (draws0, draws2), (draws1, draws2)):
+        assert all(x != y for x, y in zip(a, b, strict=True))
+
+
 def test_multi_stage_fine_tunes_at_a_higher_resolution(data_root, tmp_path):
     config = tiny(data_root, tmp_path)
     low, high = train_stages(config, [Stage(8, 4), Stage(16, 3)], progress=False)
