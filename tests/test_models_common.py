@@ -176,3 +176,29 @@ def test_grad_checkpointing_gives_identical_outputs_and_grads(name, img_size, ov
     for param_name, grad in grads_plain.items():
         assert torch.allclose(grad, grads_ckpt[param_name], rtol=0, atol=1e-6), param_name
 
+
+
+@pytest.mark.parametrize("name", ["vit_micro", "adventurer_micro"])
+def test_inference_final_norm_in_place_gives_the_plain_features(name):
+    """Without gradients forward_features norms the residual stream in place (pixelvit.models.base.norm_in_place):
+    the same numbers as the plain norm, a few tokens at a time, and no second copy of the stream."""
+    from pixelvit.models.base import norm_in_place
+    from pixelvit.models.layers import run_layers
+
+    torch.manual_seed(0)
+    model = create_model(name, img_size=16, patch_size=2).eval()
+    for parameter in model.final_norm.parameters():  # not the initial ones and zeros
+        parameter.data.normal_()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        stream = run_layers(model.trunk, model.embed(images), False)  # (B, N+1, D) before the final norm
+        plain = model.final_norm(stream)
+        assert torch.equal(model.forward_features(images), plain)
+    with torch.inference_mode():
+        assert torch.equal(model(images), model.forward_head(plain))
+
+    x = torch.randn(2, 65, model.embed_dim)
+    expected = model.final_norm(x).detach()
+    with torch.no_grad():
+        out = norm_in_place(model.final_norm, x, tokens=7)  # 65 tokens: ten blocks, the last one short
+    assert out.data_ptr() == x.data_ptr() and torch.equal(out, expected)

@@ -406,7 +406,7 @@ def test_fast_path_is_off_where_it_must_be(monkeypatch):
     assert not fast.use_fast_path(mixer, u)  # training, lean path switched off
     with torch.no_grad():
         assert fast.use_fast_path(mixer, u)  # inference still streams
-    monkeypatch.setattr(fast, "_tracing", lambda: True)
+    monkeypatch.setattr(fast, "is_tracing", lambda: True)
     with torch.no_grad():
         assert not fast.use_fast_path(mixer, u)
 

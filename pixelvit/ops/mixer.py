@@ -34,9 +34,9 @@ from pixelvit.ops.ssd import default_chunk_size, select_backend, ssd_fast
 
 # Rows (batch x tokens) per streamed block; tokens rounded to a multiple of the chunk. One block's temporaries
 # (in_proj's 3,152 channels, the chunked scan's chunk x chunk matrices per head, the MLP) are ~0.1 MB per row
-# for Adventurer-Base: at 2,048 rows its 224 px patch-1 forward peaked past 2 GB; 1,024 rows took ~120 MB off
-# that peak at the same speed (one thread, median of 4 alternated block calls: 1024 / 2048 = 0.88x the time);
-# 512 rows cost ~20 % more time.
+# for Adventurer-Base. 1,024 rows instead of 2,048: ~120 MB less at the peak of a block at 224 px patch 1, at the
+# same speed (medians of alternated runs: one Base block 0.88x the time, one thread; the whole Tiny forward
+# 0.95x, two threads); 512 rows cost ~20 % more time.
 BLOCK_TOKENS = 1024
 
 _local = threading.local()  # per thread: inside `readable_mixer()`?
@@ -53,7 +53,7 @@ def readable_mixer():
         _local.readable = previous
 
 
-def _tracing() -> bool:
+def is_tracing() -> bool:
     """torch.fx, torch.export or torch.compile is tracing: they get the readable forward, one plain graph."""
     trace = torch.fx._symbolic_trace
     is_fx = getattr(trace, "is_fx_symbolic_tracing", None) or getattr(trace, "is_fx_tracing", lambda: False)
@@ -69,7 +69,7 @@ def _autocast_on(device_type: str) -> bool:
 
 def use_fast_path(mixer, u: torch.Tensor) -> bool:
     """Whether `Mamba2Mixer.forward` should hand over to `fast_forward` (same result, less memory)."""
-    if getattr(_local, "readable", False) or _tracing() or _autocast_on(u.device.type):
+    if getattr(_local, "readable", False) or is_tracing() or _autocast_on(u.device.type):
         return False
     if select_backend(u.device, mixer.scan_backend) != "reference":
         return False  # a CUDA kernel runs the scan: the readable forward around it is the fast path there
