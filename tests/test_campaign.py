@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,23 @@ def test_plan_estimates_from_finished_runs_before_the_pilot(campaign, monkeypatc
     train_hours = steps * batch / 200.0 / 3600
     assert train_hours < campaign.hours_left(same_kind, 0, 200.0) < 1.1 * train_hours  # + a test pass per epoch
     assert campaign.hours_left(same_kind, steps // 2, 200.0) == pytest.approx(campaign.hours_left(same_kind, 0, 200.0) / 2, rel=1e-3)
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="the kernel has no autogroups")
+def test_a_detached_worker_is_low_priority_in_its_own_autogroup_too(campaign, tmp_path):
+    """A new session gets its own autogroup, which the kernel weighs like any other: the worker's nice 15
+    alone did not keep it from taking a full share of the CPU from the tests beside it."""
+    with open(tmp_path / "log", "w") as log:
+        worker = campaign.detach([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path,
+                                 env=dict(os.environ), log=log)
+    try:
+        assert os.getsid(worker.pid) == worker.pid != os.getsid(0)  # its own session: outlives this shell
+        assert Path(f"/proc/{worker.pid}/autogroup").read_text().split()[-1] == "15"
+        for _ in range(100):  # `nice -n 15` sets it, then execs python: give it a moment
+            if os.getpriority(os.PRIO_PROCESS, worker.pid) == 15:
+                break
+            time.sleep(0.05)
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == 15
+    finally:
+        worker.kill()
+        worker.wait()
