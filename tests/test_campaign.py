@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "cifar_campaign.py"
 
@@ -215,3 +216,28 @@ def test_a_detached_worker_is_low_priority_in_its_own_autogroup_too(campaign, tm
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_the_gpu_budget_on_a_machine_without_one(campaign, tmp_path, monkeypatch, capsys):
+    """plan works (folders are hashed for the budget's device, not this machine's); run, pilot and start stop
+    in one line before any work (run and pilot raised a traceback from deep in the hash)."""
+    monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    job = campaign.queue()[0]
+    cpu_folder = campaign.run_dir(job)
+    from pixelvit.train import run_dir_of
+
+    assert cpu_folder == Path(run_dir_of(job.config()))  # the CPU campaign's folders are unchanged
+
+    monkeypatch.setattr(campaign, "BUDGET", campaign.BUDGETS["gpu"])
+    assert campaign.plan() == 0
+    out = capsys.readouterr().out
+    assert "vit_nano-p1-seed0" in out and "pending" in out
+    gpu_folder = campaign.run_dir(job)
+    assert gpu_folder.name != cpu_folder.name  # another device and budget: another hash
+    monkeypatch.setattr(campaign, "queue", lambda: pytest.fail("must stop before looking at the queue"))
+    for command in (campaign.run, campaign.pilot, campaign.start):
+        assert command(None) == 2
+        error = capsys.readouterr().err.strip()
+        assert "\n" not in error and "no CUDA GPU" in error
+    assert not (tmp_path / "campaign.lock").exists()

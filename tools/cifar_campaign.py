@@ -164,10 +164,15 @@ def manifest() -> dict[str, str]:
 
 
 def run_dir(job: Job) -> Path:
-    from pixelvit.train import run_dir_of
+    """The job's run folder. Hashed for the budget's device and one process, not this machine's, so `plan`
+    and `collect` of the GPU campaign work on a machine without a GPU too."""
+    from pixelvit.train import config_hash, run_dir_of
 
     known = manifest().get(job.name)
-    return Path(known) if known else Path(run_dir_of(job.config()))
+    if known:
+        return Path(known)
+    config = job.config()
+    return Path(run_dir_of(config, config_hash(config, device_type=BUDGET.device, world_size=1)))
 
 
 def committed_rows() -> dict[str, dict]:
@@ -333,12 +338,25 @@ def remember(job: Job, folder: Path):
             atomic_write_json(BUDGET.runs_dir / "manifest.json", {**known, job.name: str(folder)})
 
 
+def device_missing() -> bool:
+    """True, after one line saying what to do, when the budget trains on CUDA and this machine has none."""
+    import torch
+
+    if BUDGET.device == "cuda" and not torch.cuda.is_available():
+        print("cifar_campaign: the gpu budget trains on CUDA and this machine has no CUDA GPU: run it on a GPU "
+              "machine, or continue the cpu campaign here (`start`, no --budget)", file=sys.stderr)
+        return True
+    return False
+
+
 def run(args) -> int:
     """Train every job nobody has finished or is training, in queue order; a worker of a shared queue."""
     import fcntl
 
     from pixelvit.train import train
 
+    if device_missing():
+        return 2
     one_thread()
     BUDGET.runs_dir.mkdir(parents=True, exist_ok=True)
     # Shared by this version's workers; a `run` of the campaign's first version took it exclusively and
@@ -414,6 +432,9 @@ def start(args) -> int:
     """
     import subprocess
 
+    if device_missing():
+        return 2
+
     pinned = BUDGET.runs_dir / "code" / "PINNED"
     if pinned.exists() and not args.new_code:
         revision = pinned.read_text().strip()
@@ -453,6 +474,8 @@ def pilot(args) -> int:
 
     from pixelvit.train import train
 
+    if device_missing():
+        return 2
     one_thread()
     kinds = {}
     for job in queue():
