@@ -288,15 +288,18 @@ def one_thread():
         pass
 
 
+def lock_file(job: Job) -> Path:
+    return BUDGET.runs_dir / "locks" / f"{job.name}.lock"
+
+
 def claim(job: Job):
     """Take the job's lock without waiting: an open file (release() gives it back), or None when another
     worker holds it. flock: the kernel drops the lock of a worker that is killed, so nothing stays stuck.
     The holder's pid is written into the file for `plan` to read without touching the lock."""
     import fcntl
 
-    path = BUDGET.runs_dir / "locks" / f"{job.name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
+    lock_file(job).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_file(job), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -316,7 +319,7 @@ def release(handle):
 def worker_of(job: Job) -> int | None:
     """The pid of the live worker training this job, or None."""
     try:
-        pid = int((BUDGET.runs_dir / "locks" / f"{job.name}.lock").read_text())
+        pid = int(lock_file(job).read_text())
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return None
