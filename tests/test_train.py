@@ -201,22 +201,65 @@ def test_killed_run_resumes_bit_identical(data_root, tmp_path):
     assert steps_logged == sorted(steps_logged)  # lines after the checkpoint were dropped on resume
 
 
+# `python -m pixelvit.train` that also records, on each rank, its generators and the initial weights at
+# the moment train() wraps the model for training (right after seed_rank), without drawing from them.
+RECORDING_TRAINER = """
+import hashlib, json, os, random, sys
+from pathlib import Path
+import numpy as np
+import torch
+import pixelvit.train as train
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+wrap_for_training = train.wrap_for_training
+
+def record_then_wrap(model, run):
+    numpy_state = np.random.get_state()
+    record = {"torch": sha(torch.get_rng_state().numpy().tobytes()),
+              "numpy": sha(numpy_state[1].tobytes() + repr(numpy_state[2:]).encode()),
+              "python": sha(repr(random.getstate()).encode()),
+              "weights": sha(b"".join(t.detach().numpy().tobytes() for t in model.state_dict().values()))}
+    Path(os.environ["RECORD_DIR"], f"rank{run.processes.rank}.json").write_text(json.dumps(record))
+    return wrap_for_training(model, run)
+
+train.wrap_for_training = record_then_wrap
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
 def test_ddp_two_processes_stay_in_sync_and_match_one_process(data_root, tmp_path):
     """torchrun with 2 CPU processes (gloo) against 1 process with the same global batch of 16."""
     common = ["--dataset", "specks", "--img-size", "8", "--patch-size", "4", *MICRO_ARGS, "--steps", "6",
               "--batch-size", "16", "--train-samples", "256", "--eval-samples", "64", "--lr", "2e-3",
               "--log-every", "1", "--data-root", data_root, "--quiet"]
-    env = subprocess_env(data_root)
+    trainer = tmp_path / "recording_trainer.py"
+    trainer.write_text(RECORDING_TRAINER)
+    records = {"ddp": tmp_path / "records_ddp", "single": tmp_path / "records_single"}
+    for folder in records.values():
+        folder.mkdir()
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "pixelvit.train", *common, "--out", str(tmp_path / "ddp")],
-                         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+                          str(trainer), *common, "--out", str(tmp_path / "ddp")],
+                         env=dict(subprocess_env(data_root), RECORD_DIR=str(records["ddp"])),
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, "-m", "pixelvit.train", *common, "--out", str(tmp_path / "single")],
-                            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    single = subprocess.run([sys.executable, str(trainer), *common, "--out", str(tmp_path / "single")],
+                            env=dict(subprocess_env(data_root), RECORD_DIR=str(records["single"])),
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
 
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert result["world_size"] == 2 and result["replicas_in_sync"] is True  # identical weights on both ranks
+
+    # The real two-process run: the ranks start from the same weights, then each draws its own random
+    # numbers (before seed_rank rank 1 repeated rank 0's crops, flips and drop-path masks); rank 0 draws
+    # what one process draws.
+    rank0, rank1 = (json.loads((records["ddp"] / f"rank{r}.json").read_text()) for r in (0, 1))
+    alone = json.loads((records["single"] / "rank0.json").read_text())
+    assert rank0["weights"] == rank1["weights"] == alone["weights"]
+    assert all(rank0[g] != rank1[g] for g in ("torch", "numpy", "python"))
+    assert rank0 == alone
 
     def losses(run):
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
@@ -237,31 +280,6 @@ def test_ddp_two_processes_stay_in_sync_and_match_one_process(data_root, tmp_pat
     difference = sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5
     update = sum(((b[k] - initial[k]) ** 2).sum() for k in a) ** 0.5
     assert difference / update < 1e-3
-
-
-def test_ranks_share_the_initialisation_then_draw_their_own_random_numbers():
-    """What train() does on each rank: seed, build the model, seed_rank. Rank 0 draws what one process draws."""
-    import random
-
-    import numpy as np
-
-    from pixelvit.runs import seed_everything
-    from pixelvit.train import seed_rank
-
-    def rank_draws(rank):
-        seed_everything(7)
-        initial = torch.randn(5)  # the model's initialisation
-        seed_rank(7, rank)
-        return initial, (torch.rand(4).tolist(), np.random.rand(), random.random())
-
-    seed_everything(7)
-    torch.randn(5)
-    one_process = (torch.rand(4).tolist(), np.random.rand(), random.random())
-    (init0, draws0), (init1, draws1), (init2, draws2) = rank_draws(0), rank_draws(1), rank_draws(2)
-    assert torch.equal(init0, init1) and torch.equal(init0, init2)
-    assert draws0 == one_process  # single-process runs (and their hashes and weights) are unchanged
-    for a, b in ((draws0, draws1), (draws0, draws2), (draws1, draws2)):
-        assert all(x != y for x, y in zip(a, b, strict=True))
 
 
 def test_multi_stage_fine_tunes_at_a_higher_resolution(data_root, tmp_path):
