@@ -43,18 +43,26 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str | None:
+    """HEAD, marked when the tree has uncommitted changes. A slow or failing `git status` (it reads every
+    file; a fresh worktree on a loaded machine can take seconds) only leaves the mark unknown: it used to
+    throw the commit away too, and a results file recorded `git None`."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
+        commit = git("rev-parse", "HEAD")
     except (OSError, subprocess.SubprocessError):
         return None
     if commit.returncode != 0:
         return None
-    return commit.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+    try:
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError) as error:
+        return commit.stdout.strip() + f" (uncommitted changes unknown: {type(error).__name__})"
+    if status.returncode != 0:
+        return commit.stdout.strip() + " (uncommitted changes unknown: git status failed)"
+    return commit.stdout.strip() + (" (uncommitted changes)" if status.stdout.strip() else "")
 
 
 def machine_info() -> dict:

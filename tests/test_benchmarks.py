@@ -167,3 +167,22 @@ def test_gpu_correctness_check_has_a_threshold():
     for bad in ({"logits_rel_err": 2 * MAX_REL_ERR["logits"]}, {"grad_rel_err": float("nan")}):
         with pytest.raises(AssertionError, match="not timing a wrong computation"):
             require_close("variant", bad)
+
+
+def test_the_commit_is_recorded_when_git_status_is_slow(monkeypatch):
+    """A results file once recorded `git None`: a `git status` past its timeout threw the commit away."""
+    from benchmarks import machine
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    run = subprocess.run
+
+    def status_times_out(args, **kwargs):
+        if args[:2] == ["git", "status"]:
+            raise subprocess.TimeoutExpired(args, kwargs.get("timeout"))
+        return run(args, **kwargs)
+
+    monkeypatch.setattr(machine.subprocess, "run", status_times_out)
+    recorded = machine._git_commit()
+    assert recorded == head.stdout.strip() + " (uncommitted changes unknown: TimeoutExpired)"
