@@ -46,6 +46,11 @@ def test_queue_covers_the_issue(campaign):
     # cheap before expensive: every seed-0 patch-8/4/2 run comes before the first patch-1 run
     first_p1 = next(i for i, j in enumerate(jobs) if j.patch == 1)
     assert all(i < first_p1 for i, j in enumerate(jobs) if j.seed == 0 and j.method == "scale" and j.patch > 1)
+    # the must-show's two 1,024-token runs next to each other (two workers train them side by side), ahead of
+    # the ablation's other seeds
+    names = [j.name for j in jobs]
+    assert names.index("adventurer_nano-p8-extend8-seed0") == names.index("adventurer_nano-p1-seed0") + 1
+    assert first_p1 < min(i for i, j in enumerate(jobs) if j.method == "extend" and j.seed > 0)
     campaign.BUDGET = campaign.BUDGETS["gpu"]
     assert any(j.model == "vit_nano" and j.patch == 1 for j in campaign.queue())
 

@@ -131,16 +131,18 @@ class Job:
 
 def queue() -> list[Job]:
     """Every run, most useful first: complete cells cheaply (cheapest first within seed 0, then seeds 1
-    and 2 of the cheap cells), the ablation's seed 0, patch 2's other seeds, patch 1, the rest."""
+    and 2 of the cheap cells), the ablation's seed 0, patch 2's other seeds, patch 1 beside the ablation's
+    1,024-token run, the ablation's other seeds, the rest."""
     adv, vit = MODELS["adventurer"], MODELS["vit"]
     jobs = [Job(vit, 8, 0), Job(vit, 4, 0), Job(adv, 8, 0), Job(adv, 4, 0), Job(vit, 2, 0), Job(adv, 2, 0)]
     jobs += [Job(model, p, s) for s in (1, 2) for model, p in ((vit, 8), (vit, 4), (adv, 8))]
     jobs += [Job(adv, 4, s) for s in (1, 2)] + [Job(vit, 2, s) for s in (1, 2)]
     jobs += [Job(adv, 8, 0, "extend", 2), Job(adv, 8, 0, "extend", 4)]
     jobs += [Job(adv, 2, s) for s in (1, 2)]
-    jobs += [Job(adv, 1, 0)]
+    # the two 1,024-token runs of the must-show (patch 1, and extending patch 8 eight times) side by side:
+    # each is ~7 single-thread hours, so with two workers they finish sessions sooner than one after the other
+    jobs += [Job(adv, 1, 0), Job(adv, 8, 0, "extend", 8)]
     jobs += [Job(adv, 8, s, "extend", f) for s in (1, 2) for f in (2, 4)]
-    jobs += [Job(adv, 8, 0, "extend", 8)]  # 1,024 tokens, against patch 1
     jobs += [Job(adv, 1, s) for s in (1, 2)]
     # upsampling the image and keeping the patch: scaling in disguise (pixelvit.extend's docstring), checked
     jobs += [Job(adv, 8, 0, "upsample", f) for f in (2, 4)]
