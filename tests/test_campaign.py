@@ -246,3 +246,27 @@ def test_the_gpu_budget_on_a_machine_without_one(campaign, tmp_path, monkeypatch
         error = capsys.readouterr().err.strip()
         assert "\n" not in error and "no CUDA GPU" in error
     assert not (tmp_path / "campaign.lock").exists()
+
+
+def test_plan_says_when_a_running_job_ends_at_its_current_speed(campaign, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path))
+    job, other = campaign.Job("adventurer_nano", 1, 1), campaign.Job("adventurer_nano", 1, 2)  # not committed
+    monkeypatch.setattr(campaign, "queue", lambda: [job, other])
+    folder = campaign.run_dir(job)
+    folder.mkdir(parents=True)
+    lines = [{"kind": "train", "step": 50, "images_per_s": 10.0}, {"kind": "train", "step": 100, "images_per_s": 64.0},
+             {"kind": "eval", "step": 100, "top1": 20.0}]  # the latest train line counts, not the eval after it
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert campaign.current_speed(job) == 64.0 and campaign.current_speed(other) is None
+    held = campaign.claim(job)
+    try:
+        before = time.time()
+        campaign.plan()
+        after = time.time()
+    finally:
+        campaign.release(held)
+    out = capsys.readouterr().out
+    left = campaign.hours_left(job, 0, 64.0) * 3600
+    ends = {time.strftime("%H:%M", time.gmtime(t + left)) for t in (before, after)}
+    assert any(f"(pid {os.getpid()}, 64.0 img/s now, ends ~{hhmm} UTC)" in out for hhmm in ends)
+    assert f"{other.name:42s}  1024 tokens  pending" in out and out.count("img/s now") == 1

@@ -1,7 +1,7 @@
 """The CIFAR-10 scaling campaign (issue 16): a resumable queue of pixelvit.train runs that spans sessions.
 
     python tools/cifar_campaign.py pilot     # 50 steps of every kind of run: images/s now -> results/cifar10_nano/pilot.json
-    python tools/cifar_campaign.py plan      # every run in queue order: done / partial (step k) / pending, hours left
+    python tools/cifar_campaign.py plan      # every run in queue order: done / partial / pending, hours left; running: img/s now, ends ~HH:MM
     python tools/cifar_campaign.py start     # `run` in the background (1 thread, nice 15, own session), prints its pid
     python tools/cifar_campaign.py start --parallel 2   # two such workers sharing the queue (an idle 2-core machine)
     python tools/cifar_campaign.py run       # train the queue in order, in this process
@@ -249,6 +249,27 @@ def hours_left(job: Job, steps_done: int, speed: float | None) -> float | None:
     return ((b.steps - steps_done) * b.batch / speed + evals * (1 - steps_done / b.steps)) / 3600
 
 
+def current_speed(job: Job) -> float | None:
+    """images/s of the job's latest logged training steps (its metrics.jsonl), None before the first line."""
+    path = run_dir(job) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in reversed(lines):
+        record = json.loads(line)
+        if record.get("kind") == "train" and record.get("images_per_s"):
+            return float(record["images_per_s"])
+    return None
+
+
+def finish_estimate(job: Job, steps_done: int) -> str:
+    """', 22.0 img/s now, ends ~22:18 UTC' for a running job: at the speed it trains at now, on this machine
+    under its present load, which is what decides whether it finishes within this session."""
+    speed = current_speed(job)
+    if not speed:
+        return ""
+    ends = time.gmtime(time.time() + hours_left(job, steps_done, speed) * 3600)
+    return f", {speed:.1f} img/s now, ends ~{time.strftime('%H:%M', ends)} UTC"
+
+
 def plan(_args=None) -> int:
     committed = committed_rows()
     pilot, measured = pilot_speeds(), measured_speeds(committed)
@@ -263,7 +284,7 @@ def plan(_args=None) -> int:
         pid = worker_of(job) if status in ("partial", "pending") else None
         status = "running" if pid else status
         print(f"{index:2d}. {job.name:42s} {job.tokens:5d} tokens  {status:9s} {steps:5d}/{BUDGET.steps}  {hours}"
-              + (f"  (pid {pid})" if pid else ""))
+              + (f"  (pid {pid}{finish_estimate(job, steps)})" if pid else ""))
     print(f"estimated single-thread hours left: {total:.1f} (at the images/s of finished runs; see estimated_speed); "
           "with `start --parallel 2` on an idle 2-core machine about half")
     return 0
