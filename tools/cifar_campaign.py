@@ -1,7 +1,7 @@
 """The CIFAR-10 scaling campaign (issue 16): a resumable queue of pixelvit.train runs that spans sessions.
 
     python tools/cifar_campaign.py pilot     # 50 steps of every kind of run: images/s now -> results/cifar10_nano/pilot.json
-    python tools/cifar_campaign.py plan      # every run in queue order: done / partial / pending, hours left; running: img/s now, ends ~HH:MM
+    python tools/cifar_campaign.py plan      # each run: done / partial / pending, hours left; running: img/s, ends ~HH:MM
     python tools/cifar_campaign.py start     # `run` in the background (1 thread, nice 15, own session), prints its pid
     python tools/cifar_campaign.py start --parallel 2   # two such workers sharing the queue (an idle 2-core machine)
     python tools/cifar_campaign.py run       # train the queue in order, in this process
