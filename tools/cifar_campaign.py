@@ -249,12 +249,15 @@ def hours_left(job: Job, steps_done: int, speed: float | None) -> float | None:
     return ((b.steps - steps_done) * b.batch / speed + evals * (1 - steps_done / b.steps)) / 3600
 
 
+def read_metrics(folder: Path) -> list[dict]:
+    """The run's metrics.jsonl (pixelvit.runs.MetricsLog): one record per training log line or evaluation."""
+    path = folder / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def current_speed(job: Job) -> float | None:
-    """images/s of the job's latest logged training steps (its metrics.jsonl), None before the first line."""
-    path = run_dir(job) / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    for line in reversed(lines):
-        record = json.loads(line)
+    """images/s of the job's latest logged training steps, None before the first line."""
+    for record in reversed(read_metrics(run_dir(job))):
         if record.get("kind") == "train" and record.get("images_per_s"):
             return float(record["images_per_s"])
     return None
@@ -321,8 +324,9 @@ def claim(job: Job):
     The holder's pid is written into the file for `plan` to read without touching the lock."""
     import fcntl
 
-    lock_file(job).parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_file(job), "a+")
+    path = lock_file(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -549,12 +553,8 @@ def finished_row(job: Job, committed: dict) -> dict | None:
         return committed.get(job.name)
     result = json.loads((folder / "result.json").read_text())
     digest = result["config_hash"]
-    per_epoch = []
-    if (folder / "metrics.jsonl").exists():
-        for line in (folder / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if record.get("kind") == "eval" and record.get("top1") is not None:
-                per_epoch.append(f"{record['epoch']:g}:{record['top1']:.2f}")
+    per_epoch = [f"{record['epoch']:g}:{record['top1']:.2f}" for record in read_metrics(folder)
+                 if record.get("kind") == "eval" and record.get("top1") is not None]
     return {"name": job.name, "model": job.model, "method": job.method, "patch_size": job.patch,
             "factor": job.factor, "tokens": job.tokens, "seed": job.seed, "steps": result["steps"],
             "epochs": round(result["epochs"], 3), "top1": round(result["top1"], 2),
