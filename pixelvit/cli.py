@@ -26,7 +26,7 @@ class UserError(Exception):
 
 
 def report_user_errors(prog: str, body, debug: bool = False) -> int:
-    """`body()`'s exit code; a UserError is printed as one line on stderr and becomes its exit code."""
+    """`body()`'s exit code; a UserError or Ctrl-C is printed as one line on stderr and gives the exit code."""
     try:
         return int(body() or 0)
     except UserError as error:
@@ -34,6 +34,11 @@ def report_user_errors(prog: str, body, debug: bool = False) -> int:
             raise
         print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt as stop:  # Ctrl-C; a stopped training run says where it saved (pixelvit.interrupt)
+        if debug:
+            raise
+        print(f"{prog}: {stop or 'interrupted'}", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
 
 SUBCOMMANDS = {
     "costs": ("pixelvit.costs", "tokens, FLOPs and memory per patch size (table + plot)"),

@@ -30,6 +30,8 @@ Properties the tests check:
   bit-identical weights. A checkpoint holds the optimizer, scheduler and EMA state, the step, and the
   random generators; the data order is a function of (seed, epoch) (pixelvit.data.loading), so the
   resumed run rebuilds the epoch and skips ahead.
+* Nothing lost on Ctrl-C or SIGTERM: the step under way finishes, a checkpoint is saved, and the run
+  stops with TrainingInterrupted (`pixelvit train`: one line, exit code 130 / 143) (pixelvit.interrupt).
 * DDP: under torchrun each process takes 1/N of every global batch; the result matches one process
   with the same global batch, and the replicas are checked to hold identical weights at the end. The
   ranks start from the same weights but draw their own random numbers (augmentation, drop path).
@@ -63,6 +65,7 @@ from pixelvit.cli import UserError, report_user_errors
 from pixelvit.data import AUGMENTATIONS, EpochBatchSampler, EvalBatchSampler, make_loader
 from pixelvit.data.segmentation import SEGMENTATION_AUGMENTATIONS
 from pixelvit.distributed import Processes, describe_device, replicas_in_sync, resolve_device
+from pixelvit.interrupt import StopRequests
 from pixelvit.io import NonFiniteWeights
 from pixelvit.patching import check_divisible
 from pixelvit.runs import (
@@ -482,6 +485,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunResult:
     if (finished := read_finished(run_dir, digest)) is not None:
         return finished
     owns_group = processes.start(device)
+    stop = StopRequests()
     try:
         task = get_task(config.task)
         data = build_data_in_turn(task, config, processes, progress)
@@ -508,6 +512,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunResult:
         bar = tqdm(total=config.steps, initial=state.step, desc=run_dir.name[:40], unit="step",
                    disable=not (progress and processes.main), dynamic_ncols=True)
         train_model.train()
+        stop.listen()  # from here on a signal means: finish the step, save a checkpoint, stop
         state.clock = time.perf_counter()
         while state.step < config.steps:
             for images, targets in epoch_batches(state.step):
@@ -523,14 +528,21 @@ def train(config: TrainConfig, progress: bool = True) -> RunResult:
                 if config.eval_every and state.step % config.eval_every == 0 and not last:
                     metrics.write({"kind": "eval", "step": state.step, "epoch": state.step / run.steps_per_epoch,
                                    **evaluate(recipe.eval_model(model), test_loader, run), "wall_s": state.wall_s()})
-                if not last and (end_of_epoch or (config.checkpoint_every and state.step % config.checkpoint_every == 0)):
+                checkpoint_due = end_of_epoch or (config.checkpoint_every and state.step % config.checkpoint_every == 0)
+                stopping = not last and stop.requested(processes, device)  # Ctrl-C or SIGTERM came
+                if not last and (checkpoint_due or stopping):
                     save_training_checkpoint(model, recipe, state, run)
+                if stopping:
+                    bar.close()
+                    raise stop.interrupted(state.step, config.steps, run_dir)
                 state.clock = time.perf_counter()  # evaluation and saving do not count as training time
                 if last:
                     break
         bar.close()
+        stop.close()
         return finish(model, recipe, test_loader, state, run, metrics)
     finally:
+        stop.close()
         if owns_group:
             dist.destroy_process_group()
 

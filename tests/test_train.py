@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import pixelvit.tasks
 import pixelvit.train
+from pixelvit.interrupt import TrainingInterrupted
 from pixelvit.runs import RunDirConflict, latest_checkpoint
 from pixelvit.train import (
     Stage,
@@ -511,3 +512,167 @@ def test_weights_that_turn_inf_after_a_finite_update_are_never_saved(data_root, 
     run_dir = run_dir_of(config)
     assert latest_checkpoint(run_dir).name == "step_0000002"
     assert assert_no_non_finite_weights_on_disk(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM: the step finishes, a checkpoint is saved, the run stops and resumes exactly
+# ---------------------------------------------------------------------------------------------
+class SignalReachedTheStep(Exception):
+    """What the test's own handler raises: the signal was not caught by the trainer."""
+
+
+@pytest.fixture
+def guarded(request):
+    """A handler for the signal under test that raises SignalReachedTheStep (so, unhandled, a signal
+    fails the test instead of stopping pytest), put back as it was afterwards."""
+    signum = request.param
+
+    def guard(number, frame):
+        raise SignalReachedTheStep(signal.Signals(number).name)
+
+    previous = signal.signal(signum, guard)
+    yield signum, guard
+    signal.signal(signum, previous)
+
+
+def signal_during_step(monkeypatch, signum, at_step, times=1):
+    """Send `signum` to this process `times` times as training step `at_step` (0-based) starts."""
+    training_step = pixelvit.train.training_step
+
+    def step_with_signal(train_model, images, targets, recipe, run, step):
+        if step == at_step:
+            for _ in range(times):
+                signal.raise_signal(signum)
+        return training_step(train_model, images, targets, recipe, run, step)
+
+    monkeypatch.setattr(pixelvit.train, "training_step", step_with_signal)
+
+
+@pytest.mark.parametrize("guarded", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"], indirect=True)
+def test_a_signal_saves_a_checkpoint_after_the_step_and_the_run_resumes_exactly(data_root, tmp_path, monkeypatch,
+                                                                                 guarded):
+    """Before, Ctrl-C raised KeyboardInterrupt inside the step and the steps since the last checkpoint
+    were lost (here: all of them, checkpoint_every=0); SIGTERM killed the process."""
+    signum, guard = guarded
+    config = tiny(data_root, tmp_path, steps=12, checkpoint_every=0)  # 256 / 16 = 16 steps an epoch: no boundary
+    reference = weights(train(replace(config, out=str(tmp_path / "reference")), progress=False).run_dir)
+
+    stopped = replace(config, out=str(tmp_path / "stopped"))
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, signum, at_step=5)
+        with pytest.raises(TrainingInterrupted, match="at step 6 of 12") as caught:
+            train(stopped, progress=False)
+    assert caught.value.exit_code == 128 + signum
+    assert latest_checkpoint(Path(stopped.out)).name == "step_0000006"  # the step under way finished
+    assert not (Path(stopped.out) / "result.json").exists()
+    assert signal.getsignal(signum) is guard  # the handler from before is back
+
+    resumed = train(stopped, progress=False)
+    assert json.loads((Path(resumed.run_dir) / "run.json").read_text())["resumed_from_step"] == 6
+    assert same_weights(weights(resumed.run_dir), reference)
+
+
+@pytest.mark.parametrize("guarded", [signal.SIGINT], ids=["SIGINT"], indirect=True)
+def test_a_second_signal_stops_at_once(data_root, tmp_path, monkeypatch, guarded):
+    signum, guard = guarded
+    config = tiny(data_root, tmp_path, steps=12, checkpoint_every=0)
+    signal_during_step(monkeypatch, signum, at_step=5, times=2)
+    with pytest.raises(SignalReachedTheStep):  # the second went to the handler from before, inside the step
+        train(config, progress=False)
+    assert latest_checkpoint(run_dir_of(config)) is None
+    assert signal.getsignal(signum) is guard
+
+
+def test_ctrl_c_on_the_command_line_is_one_line_and_a_checkpoint(data_root, tmp_path):
+    args = ["-m", "pixelvit.train", "--dataset", "specks", "--img-size", "8", "--patch-size", "1", *MICRO_ARGS,
+            "--steps", "100000", "--batch-size", "16", "--train-samples", "256", "--eval-samples", "64",
+            "--checkpoint-every", "0", "--log-every", "1", "--data-root", data_root, "--quiet",
+            "--out", str(tmp_path / "run")]
+    process = subprocess.Popen([sys.executable, *args], env=subprocess_env(data_root), cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and process.poll() is None and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("pixelvit train: stopped by SIGINT at step ")
+    step = int(last_line.split(" at step ")[1].split()[0])
+    assert latest_checkpoint(tmp_path / "run").name == f"step_{step:07d}"
+
+
+# `python -m pixelvit.train` whose rank 1 sends itself SIGTERM as step 3 starts.
+SIGNALLED_TRAINER = """
+import os, signal, sys
+import pixelvit.train as train
+
+training_step = train.training_step
+
+def step_with_signal(train_model, images, targets, recipe, run, step):
+    if step == 3 and run.processes.rank == 1 and os.environ.get("SEND_SIGNAL"):
+        signal.raise_signal(signal.SIGTERM)
+    return training_step(train_model, images, targets, recipe, run, step)
+
+train.training_step = step_with_signal
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_under_ddp_a_signal_to_one_rank_stops_every_rank_after_the_same_step(data_root, tmp_path):
+    """Rank 1 alone gets SIGTERM; both ranks must stop after step 4 together (rank 0 alone going on
+    would wait for rank 1 in the next all-reduce until gloo's timeout) and the run resumes."""
+    trainer = tmp_path / "signalled_trainer.py"
+    trainer.write_text(SIGNALLED_TRAINER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(trainer),
+               "--dataset", "specks", "--img-size", "8", "--patch-size", "4", *MICRO_ARGS, "--steps", "6",
+               "--batch-size", "16", "--train-samples", "256", "--eval-samples", "64", "--checkpoint-every", "0",
+               "--data-root", data_root, "--quiet", "--out", str(tmp_path / "ddp")]
+    stopped = subprocess.run(command, env=dict(subprocess_env(data_root), SEND_SIGNAL="1"), cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode != 0
+    assert "stopped by SIGTERM at step 4 of 6" in stopped.stderr  # rank 1
+    assert "stopped by a signal to another process at step 4 of 6" in stopped.stderr  # rank 0
+    assert latest_checkpoint(tmp_path / "ddp").name == "step_0000004"
+    assert not (tmp_path / "ddp" / "result.json").exists()
+
+    resumed = subprocess.run(command, env=subprocess_env(data_root), cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert result["steps"] == 6 and result["replicas_in_sync"] is True
+    assert json.loads((tmp_path / "ddp" / "run.json").read_text())["resumed_from_step"] == 4
+
+
+def test_jupyters_stop_button_saves_a_checkpoint(data_root, tmp_path):
+    """The interrupt a notebook's stop button sends (a real kernel): the cell ends with
+    TrainingInterrupted, and the checkpoint it names is on disk."""
+    manager = pytest.importorskip("jupyter_client.manager")
+    kernel, client = manager.start_new_kernel(kernel_name="python3", env=subprocess_env(data_root), cwd=str(REPO_ROOT))
+    try:
+        run_dir = tmp_path / "run"
+        cell = client.execute(
+            "from pixelvit.train import TrainConfig, train\n"
+            f"train(TrainConfig(model='vit_micro', model_args={MICRO!r}, dataset='specks', img_size=8, patch_size=1,"
+            f" steps=100000, batch_size=16, train_samples=256, eval_samples=64, checkpoint_every=0, log_every=1,"
+            f" data_root={data_root!r}, out={str(run_dir)!r}), progress=False)")
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists()
+                                              and (run_dir / "metrics.jsonl").read_text()):
+            time.sleep(0.05)
+        kernel.interrupt_kernel()
+        error = None
+        while True:
+            message = client.get_iopub_msg(timeout=120)
+            if message["msg_type"] == "error":
+                error = message["content"]
+            if message["parent_header"].get("msg_id") == cell and message["msg_type"] == "status" \
+                    and message["content"]["execution_state"] == "idle":
+                break
+    finally:
+        client.stop_channels()
+        kernel.shutdown_kernel(now=True)
+    assert error is not None and error["ename"] == "TrainingInterrupted", error
+    step = int(error["evalue"].split(" at step ")[1].split()[0])
+    assert latest_checkpoint(run_dir).name == f"step_{step:07d}"
