@@ -37,7 +37,8 @@ def report_user_errors(prog: str, body, debug: bool = False) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C; a stopped training run says where it saved (pixelvit.interrupt)
         if debug:
             raise
-        print(f"{prog}: {stop or 'interrupted'}", file=sys.stderr)
+        print(f"{prog}: {stop or 'interrupted: run the same command again to resume from the last checkpoint'}",
+              file=sys.stderr)
         return getattr(stop, "exit_code", 130)
 
 SUBCOMMANDS = {

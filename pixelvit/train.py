@@ -130,7 +130,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     data_root: str | None = None  # dataset cache root (default $PIXELVIT_DATA or ~/.cache/pixelvit)
     eval_every: int = 0  # evaluate every N steps (0: only at the end)
-    checkpoint_every: int = 100  # also at the end of every epoch
+    checkpoint_every: int = 100  # also at the end of every epoch, after the last step and on Ctrl-C
     log_every: int = 50
     num_workers: int = 0  # DataLoader workers; 0 is fastest for small in-memory images on 1-2 cores
 
@@ -529,8 +529,8 @@ def train(config: TrainConfig, progress: bool = True) -> RunResult:
                     metrics.write({"kind": "eval", "step": state.step, "epoch": state.step / run.steps_per_epoch,
                                    **evaluate(recipe.eval_model(model), test_loader, run), "wall_s": state.wall_s()})
                 checkpoint_due = end_of_epoch or (config.checkpoint_every and state.step % config.checkpoint_every == 0)
-                stopping = not last and stop.requested(processes, device)  # Ctrl-C or SIGTERM came
-                if not last and (checkpoint_due or stopping):
+                stopping = stop.requested(processes, device)  # Ctrl-C or SIGTERM came
+                if checkpoint_due or stopping or last:  # the last too: a stop in the final evaluation costs no steps
                     save_training_checkpoint(model, recipe, state, run)
                 if stopping:
                     bar.close()

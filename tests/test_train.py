@@ -387,6 +387,36 @@ def test_resume_with_drop_path_augmentation_ema_and_mixup(data_root, tmp_path, m
     assert same_weights(weights(resumed.run_dir), reference) == (restore == "restored")
 
 
+def test_a_run_killed_in_its_final_evaluation_resumes_without_training_again(data_root, tmp_path, monkeypatch):
+    """Before, the last checkpoint was the last periodic one (step 10 here), so a kill or Ctrl-C during
+    the final evaluation (minutes at patch 1 on 10,000 images) cost every step since."""
+    config = tiny(data_root, tmp_path, steps=12, checkpoint_every=5, eval_every=0)  # evaluated only at the end
+    reference = train(replace(config, out=str(tmp_path / "reference")), progress=False)
+
+    def killed_in_evaluation(*args):
+        raise Killed
+
+    killed = replace(config, out=str(tmp_path / "killed"))
+    with monkeypatch.context() as patch:
+        patch.setattr(pixelvit.train, "evaluate", killed_in_evaluation)
+        with pytest.raises(Killed):
+            train(killed, progress=False)
+    assert latest_checkpoint(Path(killed.out)).name == "step_0000012"
+
+    steps_trained, training_step = [], pixelvit.train.training_step
+
+    def counted_step(train_model, images, targets, recipe, run, step):
+        steps_trained.append(step)
+        return training_step(train_model, images, targets, recipe, run, step)
+
+    monkeypatch.setattr(pixelvit.train, "training_step", counted_step)
+    resumed = train(killed, progress=False)
+    assert steps_trained == []
+    assert json.loads((Path(resumed.run_dir) / "run.json").read_text())["resumed_from_step"] == 12
+    assert same_weights(weights(resumed.run_dir), weights(reference.run_dir))
+    assert resumed.top1 == reference.top1 and not (Path(resumed.run_dir) / "checkpoints").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # NaN stop: checked with clipping on and off, and never a non-finite weight on disk
 # ---------------------------------------------------------------------------------------------
