@@ -256,7 +256,7 @@ def test_plan_says_when_a_running_job_ends_at_its_current_speed(campaign, tmp_pa
     folder = campaign.run_dir(job)
     folder.mkdir(parents=True)
     lines = [{"kind": "train", "step": 50, "images_per_s": 10.0}, {"kind": "train", "step": 100, "images_per_s": 64.0},
-             {"kind": "eval", "step": 100, "top1": 20.0}]  # the latest train line counts, not the eval after it
+             {"kind": "eval", "step": 100, "epoch": 1.0, "top1": 20.0}]  # the latest train line counts, not the eval
     (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert campaign.current_speed(job) == 64.0 and campaign.current_speed(other) is None
     held = campaign.claim(job)
@@ -269,5 +269,5 @@ def test_plan_says_when_a_running_job_ends_at_its_current_speed(campaign, tmp_pa
     out = capsys.readouterr().out
     left = campaign.hours_left(job, 0, 64.0) * 3600
     ends = {time.strftime("%H:%M", time.gmtime(t + left)) for t in (before, after)}
-    assert any(f"(pid {os.getpid()}, 64.0 img/s now, ends ~{hhmm} UTC)" in out for hhmm in ends)
+    assert any(f"(pid {os.getpid()}, 64.0 img/s now, ends ~{hhmm} UTC; epoch 1: 20.00 top-1)" in out for hhmm in ends)
     assert f"{other.name:42s}  1024 tokens  pending" in out and out.count("img/s now") == 1

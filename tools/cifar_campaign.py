@@ -1,7 +1,7 @@
 """The CIFAR-10 scaling campaign (issue 16): a resumable queue of pixelvit.train runs that spans sessions.
 
     python tools/cifar_campaign.py pilot     # 50 steps of every kind of run: images/s now -> results/cifar10_nano/pilot.json
-    python tools/cifar_campaign.py plan      # each run: done / partial / pending, hours left; running: img/s, ends ~HH:MM
+    python tools/cifar_campaign.py plan      # each run: done / partial / pending, hours left; running: img/s, ends ~HH:MM; latest epoch top-1
     python tools/cifar_campaign.py start     # `run` in the background (1 thread, nice 15, own session), prints its pid
     python tools/cifar_campaign.py start --parallel 2   # two such workers sharing the queue (an idle 2-core machine)
     python tools/cifar_campaign.py run       # train the queue in order, in this process
@@ -273,6 +273,14 @@ def finish_estimate(job: Job, steps_done: int) -> str:
     return f", {speed:.1f} img/s now, ends ~{time.strftime('%H:%M', ends)} UTC"
 
 
+def latest_evaluation(job: Job) -> str:
+    """'epoch 1: 45.73 top-1' for an unfinished run that has evaluated: interim, never a result."""
+    for record in reversed(read_metrics(run_dir(job))):
+        if record.get("kind") == "eval" and record.get("top1") is not None:
+            return f"epoch {record['epoch']:g}: {record['top1']:.2f} top-1"
+    return ""
+
+
 def plan(_args=None) -> int:
     committed = committed_rows()
     pilot, measured = pilot_speeds(), measured_speeds(committed)
@@ -286,8 +294,10 @@ def plan(_args=None) -> int:
         hours = "?" if left is None else f"{left:5.1f} h"
         pid = worker_of(job) if status in ("partial", "pending") else None
         status = "running" if pid else status
+        notes = [f"pid {pid}{finish_estimate(job, steps)}"] if pid else []
+        notes += [interim] if status in ("running", "partial") and (interim := latest_evaluation(job)) else []
         print(f"{index:2d}. {job.name:42s} {job.tokens:5d} tokens  {status:9s} {steps:5d}/{BUDGET.steps}  {hours}"
-              + (f"  (pid {pid}{finish_estimate(job, steps)})" if pid else ""))
+              + (f"  ({'; '.join(notes)})" if notes else ""))
     print(f"estimated single-thread hours left: {total:.1f} (at the images/s of finished runs; see estimated_speed); "
           "with `start --parallel 2` on an idle 2-core machine about half")
     return 0
