@@ -1,9 +1,9 @@
 """Stop training cleanly on Ctrl-C or SIGTERM: finish the step, save a checkpoint, then stop.
 
 Without this, Ctrl-C raises KeyboardInterrupt wherever Python happens to be (perhaps halfway through
-an optimizer update) and every step since the last checkpoint is lost. Inside `StopRequests`, the
-first SIGINT (Ctrl-C, or Jupyter's interrupt button) or SIGTERM (a scheduler or session ending) only
-sets a flag; the training loop looks at it after every step, saves a checkpoint and raises
+an optimizer update) and every step since the last checkpoint is lost. While `StopRequests` listens,
+the first SIGINT (Ctrl-C, or Jupyter's interrupt button) or SIGTERM (a scheduler or session ending)
+only sets a flag; the training loop looks at it after every step, saves a checkpoint and raises
 `TrainingInterrupted`, which says how to resume. A second signal goes to the handler that was there
 before, so Ctrl-C twice stops at once.
 
@@ -36,7 +36,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class StopRequests:
-    """`stop.listen()` ... after each step `if stop.requested(processes, device):` save, then stop ... `stop.close()`."""
+    """stop.listen(); after each step: if stop.requested(processes, device), save and raise stop.interrupted(...);
+    at the end (and in `finally`): stop.close(). Also a context manager: listens inside the `with`."""
 
     def __init__(self):
         self.signum: int | None = None
