@@ -37,7 +37,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class StopRequests:
     """stop.listen(); after each step: if stop.requested(processes, device), save and raise stop.interrupted(...);
-    at the end (and in `finally`): stop.close(). Also a context manager: listens inside the `with`."""
+    at the end (and in `finally`): stop.close()."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -54,13 +54,6 @@ class StopRequests:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         self.previous = {}
-
-    def __enter__(self) -> StopRequests:
-        self.listen()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
     def _request(self, signum, frame):
         if os.getpid() != self.pid:  # a forked data-loading worker inherited the handler: the parent stops it
