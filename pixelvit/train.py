@@ -539,7 +539,7 @@ def train(config: TrainConfig, progress: bool = True) -> RunResult:
                 if last:
                     break
         bar.close()
-        stop.close()
+        stop.close()  # in the final evaluation Ctrl-C stops at once: the last step is already checkpointed
         return finish(model, recipe, test_loader, state, run, metrics)
     finally:
         stop.close()

@@ -613,6 +613,13 @@ def test_a_second_signal_stops_at_once(data_root, tmp_path, monkeypatch, guarded
     assert signal.getsignal(signum) is guard
 
 
+def wait_for_first_log_line(run_dir: Path, still_running, timeout_s: float = 120):
+    """Until a training run in another process has logged its first step (log_every=1): it is in the loop."""
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + timeout_s
+    while time.time() < deadline and still_running() and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.05)
+
+
 def test_ctrl_c_on_the_command_line_is_one_line_and_a_checkpoint(data_root, tmp_path):
     args = ["-m", "pixelvit.train", "--dataset", "specks", "--img-size", "8", "--patch-size", "1", *MICRO_ARGS,
             "--steps", "100000", "--batch-size", "16", "--train-samples", "256", "--eval-samples", "64",
@@ -620,9 +627,7 @@ def test_ctrl_c_on_the_command_line_is_one_line_and_a_checkpoint(data_root, tmp_
             "--out", str(tmp_path / "run")]
     process = subprocess.Popen([sys.executable, *args], env=subprocess_env(data_root), cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.time() + 120
-    while time.time() < deadline and process.poll() is None and not (metrics.exists() and metrics.read_text()):
-        time.sleep(0.05)
+    wait_for_first_log_line(tmp_path / "run", still_running=lambda: process.poll() is None)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
@@ -687,10 +692,7 @@ def test_jupyters_stop_button_saves_a_checkpoint(data_root, tmp_path):
             f"train(TrainConfig(model='vit_micro', model_args={MICRO!r}, dataset='specks', img_size=8, patch_size=1,"
             f" steps=100000, batch_size=16, train_samples=256, eval_samples=64, checkpoint_every=0, log_every=1,"
             f" data_root={data_root!r}, out={str(run_dir)!r}), progress=False)")
-        deadline = time.time() + 120
-        while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists()
-                                              and (run_dir / "metrics.jsonl").read_text()):
-            time.sleep(0.05)
+        wait_for_first_log_line(run_dir, still_running=kernel.is_alive)
         kernel.interrupt_kernel()
         error = None
         while True:

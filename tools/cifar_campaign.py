@@ -294,8 +294,8 @@ def plan(_args=None) -> int:
         hours = "?" if left is None else f"{left:5.1f} h"
         pid = worker_of(job) if status in ("partial", "pending") else None
         status = "running" if pid else status
-        notes = [f"pid {pid}{finish_estimate(job, steps)}"] if pid else []
-        notes += [interim] if status in ("running", "partial") and (interim := latest_evaluation(job)) else []
+        interim = latest_evaluation(job) if status in ("running", "partial") else ""
+        notes = ([f"pid {pid}{finish_estimate(job, steps)}"] if pid else []) + ([interim] if interim else [])
         print(f"{index:2d}. {job.name:42s} {job.tokens:5d} tokens  {status:9s} {steps:5d}/{BUDGET.steps}  {hours}"
               + (f"  ({'; '.join(notes)})" if notes else ""))
     print(f"estimated single-thread hours left: {total:.1f} (at the images/s of finished runs; see estimated_speed); "
