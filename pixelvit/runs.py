@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import platform
 import random
@@ -94,21 +93,26 @@ def finish_run(run_dir: Path, model, result: RunResult, extra: dict):
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line; on resume, lines after the checkpoint are dropped."""
+    """metrics.jsonl: one JSON object per line; on resume, lines after the checkpoint are dropped.
+
+    So is the final evaluation's line (`"final": true`): it is written after the last checkpoint,
+    whose step it shares, and a run killed before result.json evaluates again when resumed.
+    """
 
     def __init__(self, path: Path, enabled: bool, resume_step: int):
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
-            kept = [line for line in path.read_text().splitlines() if self._step(line) <= resume_step]
+            kept = [line for line in path.read_text().splitlines() if self._kept(line, resume_step)]
             with atomic_write(path, "w") as handle:
                 handle.write("".join(line + "\n" for line in kept))
 
     @staticmethod
-    def _step(line: str) -> float:
+    def _kept(line: str, resume_step: int) -> bool:
         try:
-            return json.loads(line)["step"]
+            record = json.loads(line)
+            return record["step"] <= resume_step and not record.get("final", False)
         except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short when the process was killed
-            return math.inf
+            return False
 
     def write(self, record: dict):
         if self.enabled:

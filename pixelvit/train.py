@@ -462,7 +462,7 @@ def finish(model, recipe: Recipe, test_loader, progress: Progress, run: Run, met
         replicas_in_sync=replicas_in_sync(model, run.processes) if run.processes.distributed else None,
     )
     metrics.write({"kind": "eval", "step": progress.step, "epoch": result.epochs, **final,
-                   "top1_raw": result.top1_raw, "wall_s": result.wall_s})
+                   "top1_raw": result.top1_raw, "wall_s": result.wall_s, "final": True})
     extra = {"top1": result.top1, "dataset": run.config.dataset, "steps": progress.step, "ema": bool(recipe.ema)}
     save_on_main_process(lambda: finish_run(run.run_dir, recipe.eval_model(model), result, extra=extra),
                          progress.step, run)

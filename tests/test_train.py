@@ -417,6 +417,25 @@ def test_a_run_killed_in_its_final_evaluation_resumes_without_training_again(dat
     assert resumed.top1 == reference.top1 and not (Path(resumed.run_dir) / "checkpoints").exists()
 
 
+def test_a_run_killed_after_its_final_evaluation_line_logs_that_evaluation_once(data_root, tmp_path, monkeypatch):
+    """Killed between the final evaluation's metrics line and result.json, the resumed run evaluated
+    again and metrics.jsonl held two final lines for the same step (campaigns read it per epoch)."""
+    config = tiny(data_root, tmp_path, steps=12, checkpoint_every=5, eval_every=6)
+
+    def killed_while_saving(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pixelvit.train, "finish_run", killed_while_saving)
+        with pytest.raises(Killed):
+            train(config, progress=False)
+    resumed = train(config, progress=False)
+    lines = [json.loads(line) for line in (Path(resumed.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    evals = [(line["step"], line.get("final", False)) for line in lines if line["kind"] == "eval"]
+    assert evals == [(6, False), (12, True)]
+    assert [line["step"] for line in lines if line["kind"] == "train"][-1] == 12
+
+
 # ---------------------------------------------------------------------------------------------
 # NaN stop: checked with clipping on and off, and never a non-finite weight on disk
 # ---------------------------------------------------------------------------------------------
