@@ -83,8 +83,8 @@ def test_verdicts_say_plainly_where_the_mean_does_not_rise(campaign):
     rows = [row(adv, 8, s, 40.0 + s) for s in range(3)] + [row(adv, 4, s, 39.0 + s) for s in range(3)]
     rows += [row(adv, 2, s, 45.0 + s) for s in range(3)]
     lines = campaign.rise_verdicts(campaign.summarise(rows))
-    assert "patch 8 -> 4" in lines[0] and "does NOT rise by -1.00" in lines[0] and "within the spread" in lines[0]
-    assert "rises by +6.00" in lines[1] and "larger than the spread" in lines[1]
+    assert "patch 8 -> 4" in lines[0] and "does NOT rise: falls by 1.00 points" in lines[0] and "within the spread" in lines[0]
+    assert "rises by +6.00 points" in lines[1] and "larger than the spread" in lines[1]
     assert "pending" in lines[2]  # no patch-1 run yet: nothing is claimed
 
     rows += [row(adv, 8, 0, 41.0, "extend", 2), row(adv, 8, 0, 40.5, "extend", 4)]

@@ -749,12 +749,11 @@ def rise_verdicts(summary: list[dict]) -> list[str]:
         gap = b["mean"] - a["mean"]
         sds = [c["sd"] for c in (a, b) if c["sd"] != ""]
         spread = f"largest seed sd {max(sds):.2f}" if sds else "one seed each: no spread measured yet"
-        verdict = "rises" if gap > 0 else "does NOT rise"
+        verdict = f"rises by {gap:+.2f} points" if gap > 0 else f"does NOT rise: falls by {-gap:.2f} points"
         clear = ""
         if sds:
             clear = "; larger than the spread" if abs(gap) > max(sds) else "; within the spread"
-        lines.append(f"* patch {coarse} -> {fine}: {describe(a)} -> {describe(b)}: {verdict} by {gap:+.2f} "
-                     f"points ({spread}{clear})")
+        lines.append(f"* patch {coarse} -> {fine}: {describe(a)} -> {describe(b)}: {verdict} ({spread}{clear})")
     return lines
 
 
