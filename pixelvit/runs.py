@@ -95,8 +95,8 @@ def finish_run(run_dir: Path, model, result: RunResult, extra: dict):
 class MetricsLog:
     """metrics.jsonl: one JSON object per line; on resume, lines after the checkpoint are dropped.
 
-    So is the final evaluation's line (`"final": true`): it is written after the last checkpoint,
-    whose step it shares, and a run killed before result.json evaluates again when resumed.
+    The final evaluation's line (`"final": true`) is dropped too: it shares the last checkpoint's step
+    but is written after it, and a run killed before result.json evaluates again when resumed.
     """
 
     def __init__(self, path: Path, enabled: bool, resume_step: int):
