@@ -32,6 +32,7 @@ from pixelvit.io import atomic_write, atomic_write_json, read_model_files
 from pixelvit.models import model_from_config
 from pixelvit.paper import imagenet_top1
 from pixelvit.train import (
+    NOT_HASHED,
     TrainConfig,
     check_config,
     config_from_args,
@@ -183,20 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def sweep_grid(args) -> list[TrainConfig]:
+    """Every run the parsed arguments ask for, unchecked."""
+    models = args.models or list(DEFAULT_SWEEP["models"])
+    img_size = args.img_size or (DEFAULT_SWEEP["img_size"] if args.dataset == "specks" else None)
+    base = config_from_args(args, model=models[0], img_size=img_size, out=None)  # parses --model-arg
+    return grid(base, models, args.patch_sizes, args.seeds)
+
+
+def trained_weights(config: TrainConfig) -> dict:
+    """What decides a run's weights: every field but where and how often it logs and saves (NOT_HASHED)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_HASHED}
+
+
 def configs_from_args(args) -> tuple[list[TrainConfig], Path]:
     """Every run of the sweep (checked before any is trained) and the sweep folder."""
-    d = DEFAULT_SWEEP
-    models = args.models or list(d["models"])
-    img_size = args.img_size or (d["img_size"] if args.dataset == "specks" else None)
-    base = config_from_args(args, model=models[0], img_size=img_size, out=None)  # parses --model-arg
-    model_args = base.model_args
-    configs = grid(base, models, args.patch_sizes, args.seeds)
+    configs = sweep_grid(args)
     for config in configs:
         check_config(config)  # a bad model, dataset or patch size stops the sweep before any training
-    is_default = (models, args.dataset, args.patch_sizes, args.steps, args.seeds, model_args) == \
-        (d["models"], d["dataset"], d["patch_sizes"], d["steps"], d["seeds"], d["model_args"])
+    # The default folder holds the default sweep's runs only: any option that changes what is trained
+    # (--lr, --batch-size, --img-size, --aug, ...) makes another sweep, with its own folder.
+    defaults = sweep_grid(build_parser().parse_args([]))
+    is_default = [trained_weights(c) for c in configs] == [trained_weights(c) for c in defaults]
+    models = list(dict.fromkeys(c.model for c in configs))
     dataset = args.dataset.replace(":", "_").replace("/", "_")
-    out = args.out or (d["out"] if is_default else f"runs/sweeps/{'+'.join(models)}-{dataset}-{img_size or 'native'}px")
+    img_size = configs[0].img_size or "native"
+    out = args.out or (DEFAULT_SWEEP["out"] if is_default else f"runs/sweeps/{'+'.join(models)}-{dataset}-{img_size}px")
     return configs, Path(out)
 
 

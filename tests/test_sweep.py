@@ -110,3 +110,17 @@ def test_figure_with_paper_panel_and_seeds(tmp_path):
     reference = sweep.paper_reference()
     assert {r["patch_size"] for r in reference} >= {16, 1}
     assert all(r["source"] for r in reference)
+
+
+@pytest.mark.parametrize("args", [["--lr", "0.01"], ["--batch-size", "64"], ["--img-size", "32"],
+                                  ["--weight-decay", "0.1"], ["--aug", "light"]])
+def test_a_sweep_that_trains_other_weights_is_not_written_into_the_default_folder(args):
+    """--lr / --batch-size / --img-size used to land in runs/sweeps/specks_default beside the default's runs."""
+    _, out = sweep.configs_from_args(sweep.build_parser().parse_args(args))
+    assert out != Path(sweep.DEFAULT_SWEEP["out"])
+
+
+def test_settings_that_do_not_change_the_weights_keep_the_default_folder():
+    _, out = sweep.configs_from_args(sweep.build_parser().parse_args(
+        ["--log-every", "7", "--eval-every", "50", "--quiet", "--model", "vit_nano"]))
+    assert out == Path(sweep.DEFAULT_SWEEP["out"])
