@@ -8,6 +8,10 @@ For every assignment, `otter assign` turns the master notebook into a student no
 * the solutions with one deliberate mistake: points lost on that question, not on the others;
 * (assignment 1) a notebook with a syntax error in one answer and an exception in another: still graded.
 
+The instructor guide's grading commands (assignments/README.md, the blocks marked `<!-- commands: ... -->`)
+run as written: `assignments/grade_all.sh` grades a folder with `otter run` into gitignored folders, and
+`otter grade` passes otter 7's own checks (and grades in Docker where an engine with buildx runs).
+
 The committed student notebooks must be what the masters generate now (`make assignments` refreshes them).
 Grading runs offline: every grading process (grader and notebook kernel) gets a sitecustomize that refuses
 connections to anything but this machine and logs the attempt, and the solutions are graded inside a
@@ -314,3 +318,136 @@ def test_network_guard_refuses_other_machines_and_allows_this_one(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "network access refused in tests" in result.stdout
     assert "192.0.2.1" in (tmp_path / "network.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# the instructor guide (assignments/README.md): its grading commands, run as written
+# ---------------------------------------------------------------------------------------------
+GUIDE = REPO / "assignments" / "README.md"
+
+
+def guide_commands(title: str) -> str:
+    """The indented code block after `<!-- commands: TITLE ... -->` in assignments/README.md, unindented."""
+    text = GUIDE.read_text()
+    marker = f"<!-- commands: {title} "
+    assert text.count(marker) == 1, f"assignments/README.md has no (or several) block marked {marker!r}"
+    lines = text.split(marker, 1)[1].split("\n")[1:]  # the lines after the marker's own
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    block = []
+    for line in lines:
+        if not line.startswith("    "):
+            break
+        block.append(line[4:])
+    assert block, f"no indented code block after {marker!r}"
+    return "\n".join(block) + "\n"
+
+
+def instructor_checkout(root: Path, built, name: str) -> Path:
+    """A folder laid out as the guide's commands expect the repository root after `make assignments`.
+
+    assignments/grade_all.sh (the committed script), assignments/NAME/dist/autograder.zip (from `otter assign`,
+    what `make assignments` runs), .venv/bin/otter (this Python's otter) and submissions/ holding the solutions
+    as `ada.ipynb` and the unfilled student notebook zipped as `grader.export` hands it in, `bob.zip`.
+    """
+    import zipfile
+
+    (root / "assignments" / name / "dist").mkdir(parents=True)
+    shutil.copy(REPO / "assignments" / "grade_all.sh", root / "assignments")
+    shutil.copy(built[name]["autograder"], root / "assignments" / name / "dist" / "autograder.zip")
+    otter = root / ".venv" / "bin" / "otter"
+    otter.parent.mkdir(parents=True)
+    otter.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m otter "$@"\n')
+    otter.chmod(0o755)
+    (root / "submissions").mkdir()
+    shutil.copy(built[name]["solution"], root / "submissions" / "ada.ipynb")
+    with zipfile.ZipFile(root / "submissions" / "bob.zip", "w") as archive:
+        archive.write(make_assignments.committed_student_path(name), f"{name}.ipynb")
+    return root
+
+
+def run_guide(commands: str, root: Path, env_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-ec", commands], capture_output=True, text=True, cwd=root,
+                          env=grading_env(env_dir), timeout=3 * GRADE_TIMEOUT_S)
+
+
+def docker_engine() -> str | None:
+    """None if a Docker engine with buildx answers here, else why not (otter grade needs both)."""
+    if shutil.which("docker") is None:
+        return "no docker client on PATH"
+    for probe in (["docker", "info"], ["docker", "buildx", "version"]):
+        try:
+            result = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"`{' '.join(probe)}` failed: {error}"
+        if result.returncode != 0:
+            return f"`{' '.join(probe)}` failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}"
+    return None
+
+
+def test_guide_grades_a_folder_offline_as_written(built, tmp_path):
+    """The guide's `otter run` commands, as written, grade a notebook and a zip; what they write is gitignored."""
+    name = "01_patches_and_tokens"
+    commands = guide_commands("grade offline")
+    first, rest = commands.split("\n", 1)
+    assert first.split("#")[0].strip() == "make assignments"  # done here by `built` (same otter assign)
+    assert f"grade_all.sh {name}" in rest, "the guide's example grades assignment 01"
+    script = (REPO / "assignments" / "grade_all.sh").read_text()
+    assert f"```sh\n{script}```" in GUIDE.read_text(), "the guide shows assignments/grade_all.sh verbatim"
+
+    root = instructor_checkout(tmp_path / "checkout", built, name)
+    before = {p for p in root.rglob("*")}
+    result = run_guide(rest, root, tmp_path / "env")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "submissions/ada.ipynb: Total Score: 16.000 / 16.000" in result.stdout, result.stdout
+    assert "submissions/bob.zip: Total Score: 0.000 / 16.000" in result.stdout, result.stdout
+    for student, full in (("ada", True), ("bob", False)):
+        results = json.loads((root / "grades" / name / student / "results.json").read_text())
+        scores = [(t["score"], t["max_score"]) for t in results["tests"] if "max_score" in t]
+        assert len(scores) == 6 and all((s == m) if full else (s == 0) for s, m in scores), (student, scores)
+    assert not (tmp_path / "env" / "network.log").exists(), "grading tried to use the network"
+
+    # everything the loop reads and writes must stay out of commits (before: grades/ and submissions/ untracked)
+    touched = sorted(str(p.relative_to(root)) for p in set(root.rglob("*")) | before
+                     if p.is_file() and p.relative_to(root).parts[0] in ("grades", "submissions"))
+    assert any(t.startswith("grades/") for t in touched)
+    check = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", "--verbose", "--non-matching",
+                            *touched], capture_output=True, text=True)
+    not_ignored = [line.split("\t")[-1] for line in check.stdout.splitlines() if line.startswith("::")]
+    assert not not_ignored, f"not in .gitignore: {not_ignored}"
+
+
+def test_guide_otter_grade_command_passes_otter_7s_checks(built, tmp_path):
+    """`otter grade` as the guide writes it gets past otter's option and path checks and stops only at Docker.
+
+    Before: `-p` ("No such option"), no `-n` ("You must specify an assignment name"), no `-o` folder
+    (FileNotFoundError). Where a Docker engine runs, the next test grades for real instead.
+    """
+    if docker_engine() is None:
+        pytest.skip("a Docker engine is available: test_guide_otter_grade_grades_in_docker runs the command")
+    name = "01_patches_and_tokens"
+    root = instructor_checkout(tmp_path / "checkout", built, name)
+    result = run_guide(guide_commands("grade with Docker"), root, tmp_path / "env")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for wrong in ("No such option", "You must specify an assignment name", "FileNotFoundError", "Usage:"):
+        assert wrong not in output, output[-3000:]
+    assert "python_on_whales" in output and "docker" in output, output[-3000:]  # it reached the image build
+
+
+def test_guide_otter_grade_grades_in_docker(built, tmp_path):
+    """The guide's `otter grade`, run as written, in Docker (needs an engine with buildx, network for the build)."""
+    reason = docker_engine()
+    if reason is not None:
+        pytest.skip(f"otter grade needs a Docker engine with buildx: {reason}")
+    from otter.grade.utils import SCORES_DICT_FILE_KEY, SCORES_DICT_PERCENT_CORRECT_KEY
+
+    name = "01_patches_and_tokens"
+    root = instructor_checkout(tmp_path / "checkout", built, name)
+    result = run_guide(guide_commands("grade with Docker"), root, tmp_path / "env")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader((root / "grades" / name / "final_grades.csv").open()))
+    (ada,) = [row for row in rows if row[SCORES_DICT_FILE_KEY].startswith("ada")]
+    assert float(ada[SCORES_DICT_PERCENT_CORRECT_KEY]) == 1.0, ada
