@@ -1,6 +1,6 @@
 # pixelvit: two commands do all the set-up.
 #   make run    create .venv, install the pinned environment, run the main job: the default patch-size
-#               sweep on the generated `specks` data (about 3-5 minutes on 2 CPU cores)
+#               sweep on the generated `specks` data (about 3 minutes on 2 CPU cores)
 #   make test   create .venv, install the pinned environment, run the test suite (notebooks included)
 # Other targets: make setup, make bench, make lint, make assignments, make constraints, make clean.
 
