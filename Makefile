@@ -11,6 +11,9 @@ STAMP  := $(VENV)/.installed
 # OMP_WAIT_POLICY=PASSIVE: with the default policy, OpenMP threads spin while waiting, which made
 # 2-thread training 10x slower on a shared 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
+# ...and GOMP_SPINCOUNT lets a waiting thread spin ~0.1 ms before it sleeps: PASSIVE alone made every small op
+# pay a wake-up, so 2 threads trained Adventurer no faster than 1 (pixelvit.runtime sets it too, when imported first).
+export GOMP_SPINCOUNT ?= 10000
 
 .PHONY: setup git-filter run costs test bench lint assignments constraints clean
 
