@@ -144,22 +144,84 @@ def predict_at_patch_size(net, picture: torch.Tensor, patch_size: int, top: int 
     return predict(net, normalize(net, picture[None]), top=top)[0]
 
 
+ZOOM = 32  # pixels per side of the zoom panel, on images large enough for it to be a zoom
+
+
+def zoom_region(img_size: int, patch_size: int, image_name: str = "") -> tuple[int, int, int] | None:
+    """(top, left, side) of the zoom panel's square, inside the image; None when no zoom would help.
+
+    A zoom is at most half the image (a 32 x 32 image gets a 16 x 16 zoom, not itself again) and at least one
+    patch; when that is the whole image (patch 32 on a 32 x 32 image), there is nothing to zoom into.
+    """
+    side = max(min(ZOOM, img_size // 2), patch_size)
+    if side >= img_size:
+        return None
+    top, left = viz.zoom_box(image_name, img_size, side)  # the interesting part of a sample photo
+    return min(max(top, 0), img_size - side), min(max(left, 0), img_size - side), side
+
+
 def view_figure(view: View):
-    """Left: the image with its patch grid. Middle: a 32 x 32 zoom. Right: this patch size on the cost curve."""
+    """Left: the image with its patch grid. Middle: a zoom (at most half the image). Right: this patch size on
+    the cost curve."""
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
 
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.4]})
     size, p = view.img_size, view.patch_size
-    zoom = min(32, size)
-    top, left = viz.zoom_box(view.image_name, size, zoom)
     viz.draw_patch_grid(axes[0], view.image, p)
-    axes[0].add_patch(plt.Rectangle((left - 0.5, top - 0.5), zoom, zoom, fill=False, edgecolor="red", lw=1.2))
     axes[0].set_title(f"{view.image_name}, {size}x{size}, patch {p}x{p}", fontsize=10)
-    viz.draw_patch_grid(axes[1], view.image, p, box=(top, left, zoom, zoom), linewidth=1.0)
-    axes[1].set_title(f"zoom: {zoom}x{zoom} pixels", fontsize=10)
+    region = zoom_region(size, p, view.image_name)
+    if region is None:
+        axes[1].axis("off")
+        axes[1].text(0.5, 0.5, f"no zoom: at patch {p} the {size}x{size} image\nis a single patch (left)",
+                     ha="center", va="center", fontsize=10, transform=axes[1].transAxes)
+    else:
+        top, left, side = region
+        # red with a white rim: visible on the yellow grid lines it often lies on, and on dark or light pixels
+        outline = plt.Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="red", lw=2.2,
+                                path_effects=[patheffects.Stroke(linewidth=4.5, foreground="white"),
+                                              patheffects.Normal()], zorder=5)
+        axes[0].add_patch(outline)
+        viz.draw_patch_grid(axes[1], view.image, p, box=(top, left, side, side), linewidth=1.0)
+        axes[1].set_title(f"zoom (red square): {side}x{side} pixels", fontsize=10)
     viz.cost_curve_axes(axes[2], view.curve, p)  # GFLOPs and GB, each on its own labelled axis
     figure.tight_layout()
     return figure
+
+
+def scaled(value: float, digits: int = 3) -> tuple[str, str]:
+    """(number, SI prefix) with `digits` significant digits: 2.46e9 -> ("2.46", "G"), 40_500 -> ("40.5", "k").
+
+    Decimal prefixes (k = 1e3, M = 1e6, G = 1e9, T = 1e12, P = 1e15), as pixelvit counts GB everywhere.
+    """
+    prefixes = ("", "k", "M", "G", "T", "P")
+    value, index = float(f"{value:.{digits}g}"), 0  # round first, so 999.7 k becomes 1 M, not "1e+03 k"
+    while abs(value) >= 1000 and index < len(prefixes) - 1:
+        value, index = value / 1000, index + 1
+    return f"{float(f'{value:.{digits}g}'):g}", prefixes[index]
+
+
+def format_flops(flops: float) -> str:
+    """4.05e7 -> "40.5 MFLOPs", 2.46e9 -> "2.46 GFLOPs": small models get digits instead of "0.0 GFLOPs"."""
+    number, prefix = scaled(flops)
+    return f"{number} {prefix}FLOPs"
+
+
+def format_bytes(num_bytes: float) -> str:
+    """1.23e7 -> "12.3 MB", 2.1e10 -> "21 GB"."""
+    number, prefix = scaled(num_bytes)
+    return f"{number} {prefix}B"
+
+
+def format_params(params: float) -> str:
+    """253_450 -> "253 k params", 5_717_416 -> "5.72 M params": short enough not to wrap."""
+    number, prefix = scaled(params)
+    return f"{number} {prefix} params".replace("  ", " ")
+
+
+def _nowrap(text: str) -> str:
+    """A quantity that a narrow output wraps between quantities, never inside one ("0.25 M" / "params")."""
+    return html.escape(text).replace(" ", "&nbsp;")
 
 
 def view_html(view: View) -> str:
@@ -168,8 +230,8 @@ def view_html(view: View) -> str:
     parts = [
         f"<div class='pixelvit-summary'><b>{html.escape(view.model)}</b> at {view.img_size}x{view.img_size}, "
         f"patch {view.patch_size}x{view.patch_size}: <b class='pixelvit-tokens'>{c['tokens']:,} tokens</b> "
-        f"&middot; {c['gflops']:,.1f} GFLOPs forward &middot; {c['activation_mb'] / 1e3:,.2f} GB training activations "
-        f"per image &middot; {c['params'] / 1e6:,.1f} M parameters</div>"
+        f"&middot; {_nowrap(format_flops(c['flops']))} forward &middot; {_nowrap(format_bytes(c['activation_mb'] * 1e6))} "
+        f"training activations per image &middot; {_nowrap(format_params(c['params']))}</div>"
     ]
     if view.predictions:
         rows = "".join(f"<li>{p:6.1%} {html.escape(name)}</li>" for p, _, name in view.predictions)
