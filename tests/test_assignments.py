@@ -59,6 +59,54 @@ UNAFFECTED = {
     "04_a_patch_size_experiment": ["q1", "q2", "q4"],
 }
 
+# Answers that skip one stated requirement of a question, the rest of it right: (question, text in the solutions,
+# replacement). The question's public tests, what `grader.check` runs for a student, must fail on each: a student
+# learns about every requirement the question states from the check, not from the grade.
+SKIPPED_REQUIREMENTS = {
+    "01_patches_and_tokens": [
+        ("q1", 'raise ValueError(f"patch size {p} does not divide the image size {H}x{W}")', "pass"),  # no ValueError
+        ("q1", 'raise ValueError(f"patch size {p} does not divide the image size {H}x{W}")', "raise ValueError()"),
+        ("q1", "if H % p or W % p:", "if H % p:"),  # the width is not checked
+        ("q2", "C = width // (p * p)", "C = 3"),  # the channels do not follow from the token width
+        ("q2", "H, W = img_size", "W, H = img_size"),  # img_size read as (W, H)
+        ("q3", "H, W = (img_size, img_size) if isinstance(img_size, int) else img_size", "H = W = img_size"),  # no pairs
+        ("q3", 'raise ValueError(f"patch size {patch_size} does not divide the image size {H}x{W}")', "pass"),
+        ("q4", "2 * N * in_chans * patch_size**2 * D", "2 * N * 3 * patch_size**2 * D"),  # in_chans ignored
+        ("q4", "int(mlp_ratio * embed_dim)", "int(4 * embed_dim)"),  # mlp_ratio ignored
+        ("q4", "head = 2 * D * num_classes", "head = 2 * D * 1000"),  # num_classes ignored
+        ("q5", "gflops_by_patch[1] / gflops_by_patch[16]", "gflops_by_patch[16] / gflops_by_patch[1]"),
+    ],
+    "02_attention_and_a_vit_block": [
+        ("q1", "q @ k.transpose(-2, -1)", "q @ k.transpose(2, 3)"),  # only (B, H, T, d) inputs
+        ("q1", "return torch.softmax(scores, dim=-1) @ v",  # exp without subtracting the maximum
+         "return (lambda w: w / w.sum(-1, keepdim=True))(scores.exp()) @ v"),
+        ("q3", "merge_heads(attention(q, k, v))", "merge_heads(F.scaled_dot_product_attention(q, k, v))"),
+        ("q4", 'F.gelu(block.mlp["fc1"](block.norm2(x)))', 'F.gelu(block.mlp["fc1"](block.norm2(x)), approximate="tanh")'),
+        ("q5", "np.polyfit(np.log(lengths), np.log(seconds), 1)[0]",  # the slope through the end points
+         "(np.log(seconds[-1]) - np.log(seconds[0])) / (np.log(lengths[-1]) - np.log(lengths[0]))"),
+    ],
+    "03_the_mamba2_scan": [
+        ("q2", "B = B.repeat_interleave(h // B.shape[2], dim=2)  # (b, L, h, n)\n    C = C.repeat_interleave(h // C.shape[2], dim=2)",
+         "B = B.repeat(1, 1, h // B.shape[2], 1)\n    C = C.repeat(1, 1, h // C.shape[2], 1)"),  # groups tiled, not repeated
+        ("q2", "state, y_t = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])",  # the step written again inline
+         "state = torch.exp(dt[:, t] * A)[..., None, None] * state + (dt[:, t, :, None] * x[:, t])[..., None]"
+         " * B[:, t, :, None, :]; y_t = (state @ C[:, t, :, :, None])[..., 0]"),
+        ("q4", "state = torch.zeros_like(states[:, 0]) if initial_state is None else initial_state",
+         "state = torch.zeros_like(states[:, 0])"),  # initial_state ignored
+        ("q5", "random_inputs(length=length)", "random_inputs()"),  # length ignored
+        ("q5", "return float(difference.abs().max()) if t > 0 else 0.0", "return float(difference.abs().max())"),
+        ("q5", "float(difference.abs().max())", "float(difference.max())"),  # not the absolute change
+        ("q6", "FlopCounterMode(display=False)", "FlopCounterMode()"),  # prints (or fails without tabulate)
+    ],
+    "04_a_patch_size_experiment": [
+        ("q1", "sum(values) / len(values)", "values[-1]"),  # seeds not averaged
+        ("q1", "for row in csv.DictReader(handle):",  # not the csv module
+         'for row in __import__("pandas").read_csv(handle).to_dict("records"):'),
+        ("q1", "results = read_results(csv_path)", "results = {8: 0.0}"),  # results not from read_results
+        ("q4", "np.polyfit(xs, ys, 1)[0]", "(ys[-1] - ys[0]) / (xs[-1] - xs[0])"),  # not least squares
+    ],
+}
+
 NETWORK_GUARD = '''
 """Test-only: refuse network connections to other machines; log every attempt to $PIXELVIT_NETWORK_LOG."""
 import os
@@ -284,6 +332,61 @@ def test_a_wrong_answer_loses_points_on_its_question(built, name, tmp_path):
     assert scores[question][0] < scores[question][1], f"{question} kept full marks with a wrong answer: {scores}"
     for other in UNAFFECTED[name]:
         assert scores[other][0] == scores[other][1], f"{other} lost points for a mistake in {question}: {scores}"
+
+
+def public_checks_of_planted_answers(built, name: str, plants, directory: Path) -> tuple[dict, list]:
+    """`grader.check` as a student runs it, on the solutions and on each planted answer.
+
+    The solutions notebook, carrying only the public tests (the student version's), is executed top to bottom
+    (nbconvert, in a kernel like the graders'); then, for each (question, old, new) in `plants`, the cell holding
+    `old` runs again with `new`, `grader.check(question)` runs, and the cell runs again as it was.
+    Returns ({question: public checks passed with the solutions}, [public checks passed with each plant]).
+    """
+    import nbformat
+
+    notebook = nbformat.read(built[name]["solution"], as_version=4)
+    notebook.metadata["otter"] = nbformat.read(built[name]["student"], as_version=4).metadata["otter"]
+    notebook.cells = [cell for cell in notebook.cells if "grader.export(" not in cell.source]
+
+    def check(tag, question):
+        return nbformat.v4.new_code_cell(f"_result = grader.check({question!r})\n"
+                                         f"print('CHECK', {tag!r}, _result.passed_all, flush=True)")
+
+    questions = sorted({question for question, _, _ in plants})
+    extra = [check(f"solution-{question}", question) for question in questions]
+    for index, (question, old, new) in enumerate(plants):
+        cells = [cell for cell in notebook.cells if cell.cell_type == "code" and old in cell.source]
+        assert len(cells) == 1 and cells[0].source.count(old) == 1, f"{old!r} is not once in one solution cell"
+        planted = nbformat.v4.new_code_cell(cells[0].source.replace(old, new))
+        extra += [planted, check(f"plant-{index}", question), nbformat.v4.new_code_cell(cells[0].source)]
+    notebook.cells += extra
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.ipynb"  # the name the notebook's `otter.Notebook(...)` reads its tests from
+    nbformat.write(notebook, path)
+    command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--allow-errors",
+               f"--ExecutePreprocessor.timeout={GRADE_TIMEOUT_S}", "--output", "executed.ipynb", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=directory, env=grading_env(directory),
+                            timeout=2 * GRADE_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = "".join(output.get("text", "") for cell in nbformat.read(directory / "executed.ipynb", 4).cells
+                      for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+    passed = dict(re.findall(r"^CHECK (\S+) (True|False)$", printed, flags=re.M))
+    assert len(passed) == len(questions) + len(plants), f"some checks did not run:\n{printed[-3000:]}"
+    return ({q: passed[f"solution-{q}"] == "True" for q in questions},
+            [passed[f"plant-{i}"] == "True" for i in range(len(plants))])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_public_checks_catch_an_answer_that_skips_a_stated_requirement(built, name, tmp_path):
+    """Every requirement a question states has a public test: `grader.check` fails an answer that skips it.
+
+    Before: assignment 01's `patchify` without the ValueError got "All test cases passed!" and then 2.667 / 4.
+    """
+    plants = SKIPPED_REQUIREMENTS[name]
+    solutions, planted = public_checks_of_planted_answers(built, name, plants, tmp_path)
+    assert all(solutions.values()), f"the solutions fail a public check: {solutions}"
+    missed = [f"{question}: {old!r} -> {new!r}" for (question, old, new), ok in zip(plants, planted) if ok]
+    assert not missed, "grader.check passes answers that skip a stated requirement:\n" + "\n".join(missed)
 
 
 def test_cells_that_raise_or_do_not_parse_are_still_graded(built, tmp_path):
