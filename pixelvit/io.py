@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pixelvit import __version__
+from pixelvit._version import __version__
 
 CHUNK_BYTES = 1 << 20
 
@@ -151,7 +151,7 @@ def save_model(model, directory, extra: dict | None = None) -> Path:
     Weights that are NaN or infinite raise NonFiniteWeights before anything is written: no file
     pixelvit writes holds them.
     """
-    import torch  # not at the top: `pixelvit costs` and the downloads need pixelvit.io without torch
+    import torch  # not at the top: only saving needs torch
     from safetensors.torch import save as safetensors_bytes
 
     directory = Path(directory)

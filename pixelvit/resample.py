@@ -16,7 +16,7 @@ Changing the image size changes the grid (N); changing the patch size changes th
 * `resample_patch_embed` is FlexiViT's pseudo-inverse resize (Beyer et al. 2023): it picks new filters w'
   such that <resize(x), w'> = <x, w> for every patch x (exactly when the patch grows, in the least-squares
   sense when it shrinks), so a token's value barely changes when image and patch are resized together.
-* `resize_model` builds a model with the new size and loads the resampled weights.
+* `resize_model` builds a model of the same class with the new size and loads the resampled weights.
 """
 
 from __future__ import annotations
@@ -93,10 +93,9 @@ def resize_model(model, img_size=None, patch_size=None):
     """A new model of the same architecture at another input size and/or patch size, weights resampled.
 
     Used for the paper's multi-stage training (e.g. 128 -> 224 px) and to run a 16x16 model at 8x8.
+    Run-time settings (pooling, head dropout, scan kernel) are the class defaults in the new model.
     The returned model is on the same device and dtype, in the same train/eval mode, as `model`.
     """
-    from pixelvit.models import model_from_config
-
     config = model.config
     img_size = config.img_size if img_size is None else img_size
     patch_size = config.patch_size if patch_size is None else patch_size
@@ -111,7 +110,7 @@ def resize_model(model, img_size=None, patch_size=None):
     state["patch_embed.proj.weight"] = resample_patch_embed(state["patch_embed.proj.weight"], patch_size)
 
     reference = next(model.parameters())
-    new_model = model_from_config(model.arch, dataclasses.asdict(new_config))
+    new_model = type(model)(new_config)  # the model's own class: this module sits below the model registry
     new_model.to(device=reference.device, dtype=reference.dtype)
     new_model.load_state_dict(state, strict=True)
     new_model.train(model.training)

@@ -29,7 +29,7 @@ import numpy as np
 import timm
 import torch
 
-import pixelvit
+from pixelvit._version import __version__
 from pixelvit.cli import UserError
 from pixelvit.distributed import Processes, describe_device
 from pixelvit.io import atomic_write, atomic_write_json, read_model_files, save_model
@@ -218,7 +218,7 @@ def git_revision() -> str | None:
 
 def environment(device: torch.device, processes: Processes) -> dict:
     return {
-        "pixelvit": pixelvit.__version__, "torch": torch.__version__, "timm": timm.__version__,
+        "pixelvit": __version__, "torch": torch.__version__, "timm": timm.__version__,
         "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": describe_device(device), "world_size": processes.world_size,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

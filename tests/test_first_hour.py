@@ -65,13 +65,13 @@ def unreachable_hub(monkeypatch):
 
     from huggingface_hub import constants
 
-    from pixelvit import pretrained
+    from pixelvit import checkpoints
 
     endpoint = closed_port_url("").rstrip("/")
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(pretrained, "_HUB_ANSWERS", {})
+    monkeypatch.setattr(checkpoints, "_HUB_ANSWERS", {})
     port = int(endpoint.rsplit(":", 1)[1])
     attempts = []
     connect = socket.socket.connect
@@ -116,15 +116,15 @@ def test_hub_probe_sees_a_listening_hub(monkeypatch):
 
     from huggingface_hub import constants
 
-    from pixelvit import pretrained
+    from pixelvit import checkpoints
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(pretrained, "_HUB_ANSWERS", {})
-        assert pretrained.hub_reachable() is True
+        monkeypatch.setattr(checkpoints, "_HUB_ANSWERS", {})
+        assert checkpoints.hub_reachable() is True
 
 
 def test_predict_names_classes_from_the_models_label_names():

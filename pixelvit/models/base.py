@@ -24,6 +24,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models._features import feature_take_indices
 
+from pixelvit.checkpoints import load_into
 from pixelvit.models.layers import run_layers
 from pixelvit.ops.mixer import is_tracing
 from pixelvit.patching import as_hw
@@ -213,6 +214,4 @@ class PatchTokenModel(nn.Module):
 
     def load_pretrained(self, path) -> None:
         """timm's hook for `pretrained=True` (the cfg's custom_load): pixelvit's safe loader reads the file."""
-        from pixelvit.pretrained import load_into
-
         load_into(self, path)

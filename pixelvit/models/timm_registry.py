@@ -23,26 +23,16 @@ from __future__ import annotations
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from pixelvit.catalog import CATALOG
-from pixelvit.models import MODELS, create_model, get_config
-from pixelvit.models.base import data_cfg
-
-PAPER = dict(paper_ids="arXiv:2502.03738", paper_name="Scaling Laws in Patchification: An Image Is Worth 50,176 "
-             "Tokens And More")
-# pixelvit name -> timm name (see the module docstring for the four renamed ViTs)
-TIMM_NAMES = {name: f"pixelvit_{name}" if name in ("vit_tiny", "vit_small", "vit_base", "vit_large") else name
-              for name in MODELS}
-
-
-def model_cfg(name: str, **extra) -> dict:
-    """The pretrained cfg of a named model without weights (or the base of a tag's cfg)."""
-    return {**data_cfg(get_config(name)), **PAPER, **extra}
-
-
-def pretrained_tag(entry) -> str | None:
-    """The timm name of a released checkpoint: adventurer_tiny_patch1_64 -> 'adventurer_tiny_patch1.in1k_64'
-    (None for a catalog entry whose model and patch size have no registered name)."""
-    name = TIMM_NAMES.get(f"{entry.model}_patch{entry.patch_size}")
-    return f"{name}.in1k_{entry.img_size}" if name else None
+from pixelvit.models.registry import (  # noqa: F401  (TIMM_NAMES & co. have always been importable from here)
+    MODELS,
+    PAPER,
+    TIMM_NAMES,
+    create_model,
+    create_pretrained,
+    get_config,
+    model_cfg,
+    pretrained_tag,
+)
 
 
 def _released_cfgs() -> dict:
@@ -91,19 +81,6 @@ def _entrypoint(name: str):
     build.__module__ = __name__
     build.__doc__ = f"pixelvit's {name}: {MODELS[name][1]}"
     return build
-
-
-def create_pretrained(name: str, **kwargs):
-    """pixelvit.create_model(name, pretrained=True): the name's default released weights, through timm."""
-    import timm
-
-    timm_name = TIMM_NAMES.get(name.split(".")[0], name)
-    tagged = timm.list_pretrained(f"{timm_name}.*")
-    if not tagged:
-        released = [n for n in timm.list_pretrained("*") if n.split(".")[0] in TIMM_NAMES.values()]
-        raise ValueError(f"{name} has no released weights; these do: {', '.join(released)}. Local files, URLs "
-                         "and training checkpoints: pixelvit.load_pretrained.")
-    return timm.create_model(timm_name, pretrained=True, **kwargs)
 
 
 for _name in MODELS:
