@@ -22,6 +22,7 @@ from pixelvit.ops.ssd import (
     ssd_scan,
     ssd_sequential,
 )
+from pixelvit.ops.ssd_autograd import ssd_trainable
 
 
 def make_inputs(batch=2, seqlen=37, nheads=4, headdim=3, ngroups=2, dstate=5, dtype=torch.float64,
@@ -287,6 +288,93 @@ def test_fast_gradients_match_chunked():
 
 
 # ---------------------------------------------------------------------------------------------------
+# the training path: SSDFunction's hand-derived backward equals autograd through ssd_chunked
+# ---------------------------------------------------------------------------------------------------
+
+
+def _grads(scan, inputs, w, chunk_size):
+    leaves = [None if t is None else t.clone().requires_grad_() for t in inputs]
+    x, dt, A, B, C, D, h0 = leaves
+    y = scan(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=h0)
+    (y * w).sum().backward()
+    return y, [None if t is None else t.grad for t in leaves]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    ngroups=st.integers(1, 2),
+    heads_per_group=st.integers(1, 3),
+    seqlen=st.integers(1, 70),
+    chunk_size=st.sampled_from([1, 3, 8, 16, 64]),
+    use_D=st.booleans(),
+    use_h0=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_trainable_scan_output_and_every_gradient_match_chunked(ngroups, heads_per_group, seqlen, chunk_size,
+                                                                use_D, use_h0, seed):
+    """float64, any length (padding inside the last chunk or none), groups, with and without D and h0."""
+    x, dt, A, B, C, D, h0 = make_inputs(batch=2, seqlen=seqlen, nheads=ngroups * heads_per_group, headdim=3,
+                                        ngroups=ngroups, dstate=4, seed=seed)
+    inputs = (x, dt, A, B, C, D if use_D else None, h0 if use_h0 else None)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=x.dtype)
+    y_ref, g_ref = _grads(ssd_chunked, inputs, w, chunk_size)
+    y, g = _grads(ssd_trainable, inputs, w, chunk_size)
+    assert rel_err(y, y_ref) <= 1e-12
+    for name, a, b in zip(["x", "dt", "A", "B", "C", "D", "initial_state"], g, g_ref, strict=True):
+        assert (a is None) == (b is None), name
+        assert a is None or rel_err(a, b) <= 1e-11, name
+
+
+@pytest.mark.parametrize("ngroups, chunk_size, seqlen", [(1, 4, 11), (2, 3, 7)])
+def test_trainable_scan_gradcheck(ngroups, chunk_size, seqlen):
+    inputs = make_inputs(batch=1, seqlen=seqlen, nheads=2, headdim=2, ngroups=ngroups, dstate=3, seed=4)
+    inputs = tuple(t.requires_grad_() for t in inputs)
+
+    def f(x, dt, A, B, C, D, h0):
+        return ssd_trainable(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=h0)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_a_wrong_backward_fails_the_equivalence_check(monkeypatch):
+    """Negative control: the same comparison catches a backward that drops one term (the chunk decay's)."""
+    from pixelvit.ops import ssd_autograd
+
+    real_exp = torch.exp
+    calls = []
+
+    def exp_off_by_a_little(t):  # the backward's second torch.exp is the chunk decay of the recurrence
+        calls.append(1)
+        return real_exp(t) * (1.001 if len(calls) == 2 else 1.0)
+
+    x, dt, A, B, C, D, h0 = make_inputs(batch=1, seqlen=40, nheads=2, headdim=3, ngroups=1, dstate=4, seed=5)
+    inputs = (x, dt, A, B, C, D, h0)
+    w = torch.randn(x.shape, dtype=x.dtype)
+    _, g_ref = _grads(ssd_chunked, inputs, w, 8)
+    y, good = _grads(ssd_trainable, inputs, w, 8)
+    assert all(rel_err(a, b) <= 1e-11 for a, b in zip(good, g_ref, strict=True))
+    monkeypatch.setattr(ssd_autograd.torch, "exp", exp_off_by_a_little)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    y = ssd_trainable(*leaves[:5], chunk_size=8, D=leaves[5], initial_state=leaves[6])
+    calls.clear()
+    (y * w).sum().backward()
+    bad = [t.grad for t in leaves]
+    assert max(rel_err(a, b) for a, b in zip(bad, g_ref, strict=True)) > 1e-6
+
+
+def test_trainable_scan_float32_strong_decay_and_bfloat16():
+    """No inf/nan when the decay underflows; half-precision inputs give gradients in their own dtype."""
+    x, dt, A, B, C, D, _ = make_inputs(batch=1, seqlen=300, nheads=4, headdim=8, ngroups=1, dstate=16)
+    args = [t.float().requires_grad_() for t in (x, dt * 30, A * 10, B, C)]
+    y = ssd_trainable(*args, chunk_size=64)
+    y.square().sum().backward()
+    assert torch.isfinite(y).all() and all(torch.isfinite(t.grad).all() for t in args)
+    half = [t.to(torch.bfloat16).requires_grad_() for t in (x, dt, A, B, C)]
+    ssd_trainable(*half, chunk_size=16).float().sum().backward()
+    assert all(t.grad.dtype == torch.bfloat16 for t in half)
+
+
+# ---------------------------------------------------------------------------------------------------
 # the mixer's fast paths (pixelvit.ops.mixer) equal Mamba2Mixer's readable forward
 # ---------------------------------------------------------------------------------------------------
 
@@ -431,7 +519,7 @@ def test_default_chunk_size_is_chosen_per_device(monkeypatch):
     assert ssd.default_chunk_size("cpu") == ssd.CPU_CHUNK_SIZE == 64
     assert ssd.default_chunk_size("cuda") == ssd.default_chunk_size(torch.device("cuda", 1)) == 256
     calls = []
-    for name in ("ssd_fast", "ssd_streaming"):
+    for name in ("ssd_fast", "ssd_streaming", "ssd_trainable"):
         real = getattr(ssd, name)
         monkeypatch.setattr(ssd, name, lambda *a, real=real, name=name, **k: calls.append((name, k["chunk_size"]))
                             or real(*a, **k))
@@ -441,7 +529,7 @@ def test_default_chunk_size_is_chosen_per_device(monkeypatch):
     assert calls[0] == ("ssd_streaming", 64)
     calls.clear()
     ssd_scan(x.requires_grad_(), dt, A, B, C, D=D).sum().backward()
-    assert calls == [("ssd_fast", 64)] and x.grad is not None
+    assert calls == [("ssd_trainable", 64)] and x.grad is not None  # with gradients: the hand-differentiated scan
 
 
 @pytest.mark.parametrize("backend, package", [("mamba_ssm", "mamba-ssm"), ("fla", "fla-core")])

@@ -1,5 +1,5 @@
 """Low-level ops. `ssd`: the Mamba-2 SSD scan (reference implementations, fast CPU paths and a kernel
-dispatcher). `mixer`: the Mamba-2 mixer streamed for inference and memory-lean for training."""
+dispatcher). `ssd_autograd`: the chunked scan with a hand-derived backward (the CPU training path). `mixer`: the Mamba-2 mixer streamed for inference and memory-lean for training."""
 
 from pixelvit.ops.ssd import (
     CPU_CHUNK_SIZE,
@@ -14,6 +14,7 @@ from pixelvit.ops.ssd import (
     ssd_sequential,
     ssd_streaming,
 )
+from pixelvit.ops.ssd_autograd import ssd_trainable
 
 __all__ = [
     "CPU_CHUNK_SIZE",
@@ -27,4 +28,5 @@ __all__ = [
     "ssd_scan",
     "ssd_sequential",
     "ssd_streaming",
+    "ssd_trainable",
 ]

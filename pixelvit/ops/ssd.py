@@ -20,7 +20,9 @@ Several ways to compute the same y, all with mamba_chunk_scan_combined's argumen
                      decays folded into the matmuls); `ssd_streaming` runs it block by block without
                      gradients, so a 50,000-token scan never holds more than one block's temporaries.
 * `ssd_scan`       - dispatcher: mamba-ssm's Triton kernel or flash-linear-attention's kernel when the
-                     tensors are on CUDA and the package imports, `ssd_fast` / `ssd_streaming` otherwise.
+                     tensors are on CUDA and the package imports; otherwise `ssd_trainable` when gradients
+                     are needed (pixelvit.ops.ssd_autograd: ssd_chunked with a hand-derived backward) and
+                     `ssd_streaming` when not.
 
 Shapes (letters as in the Mamba-2 paper and ssd_minimal.py):
     b batch, L length, h nheads, p headdim, g ngroups (h % g == 0), n d_state,
@@ -45,6 +47,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from pixelvit import runtime
+from pixelvit.ops.ssd_autograd import ssd_trainable
+from pixelvit.ops.ssd_shapes import check_shapes as _check_shapes
+
 # Chunk size recommended for `ssd_chunked` on CPU. Per token, step 1 costs ~Q*(p + n) and steps 2-4 cost
 # ~p*n whatever Q, so small chunks do fewer FLOPs; too small and the python loop of step 3 (L/Q steps)
 # and tiny matmuls take over. `python -m benchmarks` sweeps it (benchmarks/results/results.md, section 2,
@@ -57,27 +63,6 @@ GPU_CHUNK_SIZE = 256  # mamba-ssm's kernel default
 def default_chunk_size(device) -> int:
     """The chunk length `ssd_scan(chunk_size=None)` uses on `device`: 64 on CPU, 256 on GPUs."""
     return CPU_CHUNK_SIZE if torch.device(device).type == "cpu" else GPU_CHUNK_SIZE
-
-
-# ---------------------------------------------------------------------------------------------------
-# shape checks shared by all paths
-# ---------------------------------------------------------------------------------------------------
-
-
-def _check_shapes(x, dt, A, B, C, D=None, initial_state=None):
-    assert x.dim() == 4, f"x must be (batch, length, nheads, headdim), got {tuple(x.shape)}"
-    batch, seqlen, nheads, headdim = x.shape
-    assert dt.shape == (batch, seqlen, nheads), f"dt must be {(batch, seqlen, nheads)}, got {tuple(dt.shape)}"
-    assert A.shape == (nheads,), f"A must be ({nheads},), got {tuple(A.shape)}"
-    assert B.dim() == 4 and B.shape[:2] == (batch, seqlen), f"B must be (batch, length, ngroups, d_state), got {tuple(B.shape)}"
-    assert C.shape == B.shape, f"C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}"
-    ngroups, dstate = B.shape[2:]
-    assert nheads % ngroups == 0, f"nheads={nheads} must be divisible by ngroups={ngroups}"
-    assert D is None or D.shape == (nheads,), f"D must be ({nheads},), got {tuple(D.shape)}"
-    if initial_state is not None:
-        want = (batch, nheads, headdim, dstate)
-        assert initial_state.shape == want, f"initial_state must be {want}, got {tuple(initial_state.shape)}"
-    return batch, seqlen, nheads, headdim, ngroups, dstate
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -392,14 +377,15 @@ def available_backends():
 def describe_backends():
     """A human-readable report: which backend `ssd_scan(backend="auto")` uses, and why not the others."""
     lines = ["SSD scan backends (auto: mamba_ssm, then fla, for CUDA tensors; reference otherwise):",
-             "  reference  available: pixelvit.ops.ssd.ssd_chunked, plain PyTorch, any device"]
+             "  reference  available: plain PyTorch, any device; what runs: ssd_trainable (pixelvit.ops.ssd_autograd,"
+             " ssd_chunked differentiated by hand) when training, ssd_streaming (ssd_fast in blocks) otherwise"]
     for name, (module, attr, _, hint) in _KERNELS.items():
         fn, why = _load_kernel(name)
         if fn is not None:
             lines.append(f"  {name:<10} available: {module}.{attr}")
         else:
             lines.append(f"  {name:<10} unavailable: {why}. Install: {hint}")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + runtime.describe()
 
 
 def select_backend(device, requested="auto"):
@@ -465,8 +451,9 @@ def ssd_scan(x, dt, A, B, C, chunk_size=None, D=None, backend="auto"):
     Arguments as `ssd_chunked` (dt already positive). Which backend runs is `select_backend(x.device,
     backend)`; `describe_backends()` says what is available and why not the others. chunk_size=None takes
     `default_chunk_size(x.device)`: 64 on CPU, 256 (the kernels' choice, several times slower on CPU) on
-    GPUs. The "reference" backend is plain PyTorch: `ssd_fast` when gradients are needed, `ssd_streaming`
-    (the same, in blocks, little memory) when not; both are tested equal to `ssd_chunked`, the readable one.
+    GPUs. The "reference" backend is plain PyTorch: `ssd_trainable` when gradients are needed (its backward
+    written by hand), `ssd_streaming` (`ssd_fast` in blocks, little memory) when not; all are tested equal to
+    `ssd_chunked`, the readable one.
     """
     chunk_size = chunk_size or default_chunk_size(x.device)
     name = select_backend(x.device, backend)
@@ -474,6 +461,6 @@ def ssd_scan(x, dt, A, B, C, chunk_size=None, D=None, backend="auto"):
         return _ssd_mamba_ssm(x, dt, A, B, C, chunk_size, D)
     if name == "fla":
         return _ssd_fla(x, dt, A, B, C, D)
-    if _needs_grad(x, dt, A, B, C, D):
-        return ssd_fast(x, dt, A, B, C, chunk_size=chunk_size, D=D)
+    if _needs_grad(x, dt, A, B, C, D):  # training: the hand-differentiated scan (pixelvit.ops.ssd_autograd)
+        return ssd_trainable(x, dt, A, B, C, chunk_size=chunk_size, D=D)
     return ssd_streaming(x, dt, A, B, C, chunk_size=chunk_size, D=D)
