@@ -44,11 +44,15 @@ def check_divisible(img_size, patch_size) -> tuple[int, int]:
     patch_h, patch_w = as_hw(patch_size)
     if patch_h < 1 or patch_w < 1:
         raise ValueError(f"patch size must be a positive integer, got {patch_size}")
+    axes = [("height", img_h, patch_h), ("width", img_w, patch_w)]
+    if (img_h, patch_h) == (img_w, patch_w):  # square image, square patch: one sentence, not the same one twice
+        axes = [("size", img_h, patch_h)]
     problems = []
-    for axis, length, patch in (("height", img_h, patch_h), ("width", img_w, patch_w)):
+    for axis, length, patch in axes:
         if length % patch:
+            shown = f"{length}x{length}" if axis == "size" else length
             problems.append(
-                f"image {axis} {length} is not divisible by patch size {patch}: "
+                f"image {axis} {shown} is not divisible by patch size {patch}: "
                 f"use an image {axis} of {' or '.join(map(str, _nearest_working_sizes(length, patch)))}, "
                 f"or a patch size of {' or '.join(map(str, _patch_sizes_that_divide(length, patch)))}"
             )

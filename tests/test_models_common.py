@@ -135,7 +135,7 @@ def test_both_archs_check_inputs_the_same_way(name):
         model(torch.randn(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"got \(2, 1, 32, 32\)"):
         model(torch.randn(2, 1, 32, 32))
-    with pytest.raises(ValueError, match="image height 32 is not divisible by patch size 6"):
+    with pytest.raises(ValueError, match="image size 32x32 is not divisible by patch size 6"):
         create_model(name, patch_size=6)
 
 

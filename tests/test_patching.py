@@ -77,3 +77,15 @@ def test_rectangular_images_and_error_names_the_failing_axis():
 def test_unpatchify_rejects_tokens_that_do_not_tile_the_image():
     with pytest.raises(ValueError, match="needs 16 tokens"):
         unpatchify(torch.zeros(1, 15, 12), 2, 8)
+
+
+def test_a_square_image_that_fails_both_ways_is_told_once():
+    """(issue 27) 30x30 at patch 4 said the same sentence twice, for the height and then the width."""
+    with pytest.raises(ValueError) as error:
+        num_tokens(30, 4)
+    message = str(error.value)
+    assert message == ("image size 30x30 is not divisible by patch size 4: use an image size of 28 or 32, "
+                       "or a patch size of 3 or 5")
+    with pytest.raises(ValueError) as error:  # different lengths fail differently: both are said
+        num_tokens((30, 34), 4)
+    assert "image height 30" in str(error.value) and "image width 34" in str(error.value)
