@@ -9,6 +9,7 @@ Sections (names for --only):
     gpu           bf16 ViT-B vs the matmul peak; Adventurer at 50,178 tokens        benchmarks/gpu.py (CUDA only)
     full_scale    Adventurer-Tiny/-Base at patch 1, 224 px on CPU: s, GFLOP/s, RSS  benchmarks/full_scale.py
     training_memory  saved activation bytes per image, Adventurer vs ViT; step time  benchmarks/training_memory.py
+    training_speed   training img/s and fraction of the matmul rate, 1 and 2 threads   benchmarks/training_speed.py
 
 Writes DIR/results.json (everything, with the machine and the exact command), DIR/results.md (the tables)
 and DIR/cost_growth.json (the small file notebook 3 plots). Profiles: the default (full) takes ~10 minutes
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import cost_growth, full_scale, gpu, scan, training_memory, vit_vs_timm
+from benchmarks import cost_growth, full_scale, gpu, scan, training_memory, training_speed, vit_vs_timm
 from benchmarks.machine import REPO_ROOT, machine_info
 
 SECTIONS = {
@@ -43,6 +44,7 @@ SECTIONS = {
     "gpu": gpu.run,
     "full_scale": full_scale.run,
     "training_memory": training_memory.run,
+    "training_speed": training_speed.run,
 }
 
 _GPU_FULL = dict(
@@ -71,6 +73,12 @@ PROFILES = {
         "gpu": _GPU_FULL,
         "full_scale": dict(models=[("adventurer_tiny", 224, 1, True), ("adventurer_base", 224, 1, False)]),
         "training_memory": dict(patch_sizes=[2, 1], repeats=5),
+        "training_speed": dict(
+            cases=[("adventurer_nano", p, "default") for p in (4, 2, 1)] + [("adventurer_nano", 1, "readable_mixer")]
+            + [("vit_nano", p, "default") for p in (4, 2, 1)],
+            repeats=3,
+            profile_case=("adventurer_nano", 1),
+        ),
     },
     "quick": {
         "vit_vs_timm": dict(
@@ -87,6 +95,7 @@ PROFILES = {
         },
         "full_scale": dict(models=[("adventurer_tiny", 64, 1, True)]),
         "training_memory": dict(patch_sizes=[2, 1], repeats=3),
+        "training_speed": dict(cases=[("adventurer_nano", 2, "default"), ("vit_nano", 2, "default")], repeats=2),
     },
     "tiny": {
         "vit_vs_timm": dict(configs=[("vit_micro", 8)], batch_size=2, repeats=2, warmup=0),
@@ -104,6 +113,9 @@ PROFILES = {
         ),
         "full_scale": dict(models=[("adventurer_nano", 32, 4, True)]),
         "training_memory": dict(patch_sizes=[4], img_size=16, batch_size=2, repeats=1, warmup=0),
+        "training_speed": dict(cases=[("adventurer_nano", 4, "default"), ("adventurer_nano", 4, "readable_mixer"),
+                                      ("vit_nano", 4, "default")], batch_size=2, img_size=16, repeats=1,
+                               warmup=0, profile_case=("adventurer_nano", 4)),
     },
 }
 
@@ -416,6 +428,7 @@ MARKDOWN = {
     "gpu": ("4. GPU", _md_gpu),
     "full_scale": ("5. Full scale on CPU: Adventurer at 50,177 tokens", _md_full_scale),
     "training_memory": ("6. Training memory: Adventurer vs ViT", _md_training_memory),
+    "training_speed": ("7. Training throughput: Adventurer vs ViT, 1 and 2 threads", training_speed.markdown),
 }
 
 

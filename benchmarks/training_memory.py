@@ -31,13 +31,13 @@ def as_before():
     """The Adventurer mixer as pixelvit ran it before the memory-lean path: readable forward, ssd_chunked."""
     from pixelvit.ops import mixer, ssd
 
-    fast = ssd.ssd_fast
-    ssd.ssd_fast = lambda *args, **kwargs: ssd.ssd_chunked(*args, **kwargs)
+    fast, trainable = ssd.ssd_fast, ssd.ssd_trainable
+    ssd.ssd_fast = ssd.ssd_trainable = lambda *args, **kwargs: ssd.ssd_chunked(*args, **kwargs)
     try:
         with mixer.readable_mixer():
             yield
     finally:
-        ssd.ssd_fast = fast
+        ssd.ssd_fast, ssd.ssd_trainable = fast, trainable
 
 
 def build(name: str, img_size: int, patch_size: int):
