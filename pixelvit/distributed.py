@@ -47,6 +47,13 @@ class Processes:
         if self.distributed:
             dist.barrier()
 
+    def main_first(self, action) -> None:
+        """Rank 0 calls action(); every process returns only once it has (a barrier after it). For a change
+        to shared files the other ranks must not see half done, e.g. --restart deleting a finished run."""
+        if self.main:
+            action()
+        self.barrier()
+
     def sum(self, values: list[float], device) -> list[float]:
         """`values` added up over all processes (float64)."""
         tensor = torch.tensor(values, dtype=torch.float64, device=device)

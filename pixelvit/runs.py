@@ -79,6 +79,20 @@ def read_finished(run_dir: Path, digest: str) -> RunResult | None:
     return None
 
 
+# what a run writes into its folder; --restart deletes exactly these (anything else in the folder stays)
+RUN_FILES = ("checkpoints", "result.json", "metrics.jsonl", "model", "run.json")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete the run's checkpoints, weights and results (`pixelvit train --restart`): it trains from scratch."""
+    for name in RUN_FILES:
+        target = Path(run_dir) / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+
 def write_run_record(run_dir: Path, record: dict, device: torch.device, processes: Processes):
     """run.json: what the run is (`record`) and where it ran (library versions, device, git revision)."""
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,16 @@
 
     TASKS["classification"]   one label per image: cross-entropy (+ Mixup/CutMix), top-1 accuracy
 
-A task answers six questions (`Task` below; ClassificationTask is the worked example):
+A task answers nine questions (`Task` below; ClassificationTask is the worked example):
 
     problems(config)                -> list[str]   what is wrong with the config, checked before any data work
     native_img_size(dataset)        -> int         the image size when --img-size is not given
     build_data(config, img_size, progress) -> TaskData
                                                    train_set[(index, epoch)] and test_set[index] give
                                                    (uint8 image (3, H, W), target); epoch seeds augmentation
-    build_model(config, data)       -> nn.Module   images (B, 3, H, W) -> outputs
+    model_spec(config, img_size)    -> ModelSpec   the model's arch, config fields and run-time settings:
+                                                   resolved once per run, it names and hashes the run
+    build_model(config, data, spec) -> nn.Module   images (B, 3, H, W) -> outputs
     batch_mixer(config, data)       -> callable | None   (images, targets) -> (images, targets), training only
     criterion(config, mixing)       -> callable    (outputs as float32, targets) -> scalar loss
     eval_sums(outputs, targets)     -> list[float] sums over one test batch (added over batches and processes)
@@ -24,15 +26,17 @@ import dataclasses
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import Dataset
 
+from pixelvit.config import TrainConfig
 from pixelvit.data import (
     AUGMENTATIONS,
     ArrayImageDataset,
@@ -44,12 +48,9 @@ from pixelvit.data import (
     train_transform,
 )
 from pixelvit.extend import extended_model
-from pixelvit.io import read_model_config, read_model_files, sha256_file
+from pixelvit.io import WEIGHTS_NAME, read_model_config, sha256_file
 from pixelvit.models import ARCHS, MODELS, RUNTIME_ARGS, get_config, merge_overrides, model_from_config
 from pixelvit.resample import resize_model
-
-if TYPE_CHECKING:
-    from pixelvit.train import TrainConfig
 
 
 @dataclass
@@ -61,8 +62,22 @@ class TaskData:
     record: dict  # what run.json should say about the data, e.g. {"augmentation": "light"}
 
 
+class ModelSpec(NamedTuple):
+    """The model a run trains, resolved once per run (pixelvit.train.train passes it down)."""
+
+    arch: str
+    fields: dict  # every config field, at the run's image size (before --upsample); num_classes a placeholder
+    runtime: dict  # run-time settings (pixelvit.models.RUNTIME_ARGS): how the model runs, not what it is
+    init_config: dict | None = None  # --init-from's saved config fields (read with the spec, not again)
+
+    @property
+    def patch_size(self) -> int:
+        return self.fields["patch_size"]
+
+
 class Task:
-    """The interface train() relies on; see the module docstring."""
+    """The interface train() relies on; see the module docstring. Its model_spec and build_model build
+    pixelvit's registered models (pixelvit.models); a task with models of its own overrides both."""
 
     name = ""
     metric = ""  # the headline test metric summarize() returns ("top1" for classification)
@@ -76,8 +91,11 @@ class Task:
     def build_data(self, config: TrainConfig, img_size: int, progress: bool) -> TaskData:
         raise NotImplementedError
 
-    def build_model(self, config: TrainConfig, data: TaskData) -> nn.Module:
-        return build_model(config, data.num_classes, data.img_size)
+    def model_spec(self, config: TrainConfig, img_size: int) -> ModelSpec:
+        return model_spec(config, img_size)
+
+    def build_model(self, config: TrainConfig, data: TaskData, spec: ModelSpec) -> nn.Module:
+        return build_model(config, spec, data.num_classes, data.img_size)
 
     def batch_mixer(self, config: TrainConfig, data: TaskData):
         return None
@@ -168,28 +186,25 @@ def get_task(name: str) -> Task:
 # ---------------------------------------------------------------------------------------------
 
 
-def model_spec(config: TrainConfig, img_size: int) -> tuple[str, dict, dict]:
-    """(arch, every config field, run-time settings) of the model `config` trains at `img_size`.
+def model_spec(config: TrainConfig, img_size: int) -> ModelSpec:
+    """The registered model (or --init-from's) that `config` trains at `img_size`: `Task.model_spec`.
 
     ValueError if that model cannot exist. A named model's defaults are filled in, so patch_size=None
     and the model's own patch size give the same fields (and the same run hash). With init_from, the
     fields are that model's, with this run's overrides. Run-time settings (pixelvit.models.RUNTIME_ARGS,
     e.g. chunk_size) may come in --model-arg too; they are not architecture.
     """
-    own_spec = getattr(get_task(config.task), "model_spec", None)  # a task with its own models (segmentation)
-    if own_spec is not None:
-        return own_spec(config, img_size)
     if config.init_from is None:
-        arch, saved = MODELS[config.model][0] if config.model in MODELS else None, {}
+        arch, saved = MODELS[config.model][0] if config.model in MODELS else None, None
     else:
-        meta = read_model_config(config.init_from)
+        meta = read_model_config(config.init_from)  # the one read of its config.json in a run
         arch, saved = meta["arch"], meta["config"]
     runtime = {k: v for k, v in config.model_args.items() if arch and k in RUNTIME_ARGS[arch]}
     overrides = merge_overrides({"img_size": img_size, "patch_size": config.patch_size,
                                  "drop_path_rate": config.drop_path or None},
                                 {k: v for k, v in config.model_args.items() if k not in runtime})
     if config.init_from is None:
-        return arch, dataclasses.asdict(get_config(config.model, **overrides)), runtime  # ValueError: unknown
+        return ModelSpec(arch, dataclasses.asdict(get_config(config.model, **overrides)), runtime)  # ValueError: unknown
     config_class = ARCHS[arch][0]
     known = {f.name for f in dataclasses.fields(config_class)}
     try:
@@ -197,7 +212,7 @@ def model_spec(config: TrainConfig, img_size: int) -> tuple[str, dict, dict]:
         fields = dataclasses.replace(fields, **overrides)
     except TypeError as error:  # a field the architecture does not have
         raise ValueError(f"{config_class.__name__}: {error}") from None
-    return arch, dataclasses.asdict(fields), runtime
+    return ModelSpec(arch, dataclasses.asdict(fields), runtime, init_config=saved)
 
 
 def init_from_digest(path) -> str:
@@ -205,26 +220,28 @@ def init_from_digest(path) -> str:
     return sha256_file(Path(path) / "model.safetensors")
 
 
-def build_model(config: TrainConfig, num_classes: int, img_size: int) -> nn.Module:
+def build_model(config: TrainConfig, spec: ModelSpec, num_classes: int, img_size: int) -> nn.Module:
     """A fresh model, or init_from's weights resized to this run's image/patch size (multi-stage training).
 
-    A fresh model draws its initial weights from torch's global generator: train() seeds it first.
+    `img_size` is the size the model sees (the run's, times --upsample). A fresh model draws its initial
+    weights from torch's global generator: train() seeds it first.
     """
-    arch, fields, runtime = model_spec(config, img_size)
+    arch, runtime = spec.arch, spec.runtime
+    fields = {**spec.fields, "img_size": img_size, "num_classes": num_classes}
     if config.init_from is None:
         def fresh(patch_size: int) -> nn.Module:
-            return model_from_config(arch, {**fields, "patch_size": patch_size, "num_classes": num_classes}, **runtime)
+            return model_from_config(arch, {**fields, "patch_size": patch_size}, **runtime)
 
         if config.extend > 1:  # the paper's "extending": coarse patch tokens interpolated to a longer grid
-            return extended_model(fresh, fields["patch_size"], config.extend)
-        return fresh(fields["patch_size"])
-    meta, state = read_model_files(config.init_from)
-    saved_grid = {key: meta["config"][key] for key in ("img_size", "patch_size")}
-    model = model_from_config(arch, {**fields, **saved_grid}, **runtime)
-    model.load_state_dict(state)
+            return extended_model(fresh, spec.patch_size, config.extend)
+        return fresh(spec.patch_size)
+    saved = spec.init_config
+    model = model_from_config(arch, {**fields, "img_size": saved["img_size"], "patch_size": saved["patch_size"],
+                                     "num_classes": saved["num_classes"]}, **runtime)
+    model.load_state_dict(load_file(str(Path(config.init_from) / WEIGHTS_NAME)))
     if model.config.num_classes != num_classes:
         raise ValueError(f"{config.init_from} has {model.config.num_classes} classes, "
                          f"{config.dataset} has {num_classes}")
-    if (model.config.img_size, model.config.patch_size) != (img_size, fields["patch_size"]):
-        model = resize_model(model, img_size=img_size, patch_size=fields["patch_size"])  # embeddings resampled
+    if (model.config.img_size, model.config.patch_size) != (img_size, spec.patch_size):
+        model = resize_model(model, img_size=img_size, patch_size=spec.patch_size)  # embeddings resampled
     return model

@@ -47,7 +47,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pixelvit.cli import UserError, report_user_errors
+from pixelvit.config import NOT_HASHED, TrainConfig
 from pixelvit.data import AUGMENTATIONS, EpochBatchSampler, EvalBatchSampler, make_loader
 from pixelvit.data.segmentation import SEGMENTATION_AUGMENTATIONS
 from pixelvit.distributed import Processes, describe_device, replicas_in_sync, resolve_device
@@ -73,6 +73,7 @@ from pixelvit.runs import (
     RunDirConflict,
     RunResult,
     checkpoint_step,
+    clear_run,
     finish_run,
     latest_checkpoint,
     load_checkpoint,
@@ -83,59 +84,14 @@ from pixelvit.runs import (
     set_random_state,
     write_run_record,
 )
-from pixelvit.tasks import TASKS, Task, TaskData, get_task, init_from_digest, model_spec
+from pixelvit.tasks import TASKS, ModelSpec, Task, TaskData, get_task, init_from_digest
 
-__all__ = ["ConfigError", "RunDirConflict", "RunResult", "Stage", "TrainConfig", "TrainingDiverged",
-           "check_config", "config_hash", "main", "run_dir_of", "train", "train_stages"]
+__all__ = ["NOT_HASHED", "ConfigError", "RunDirConflict", "RunResult", "Stage", "TrainConfig", "TrainingDiverged",
+           "check_config", "config_hash", "main", "model_spec_of", "run_dir_of", "train", "train_stages"]
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainConfig:
-    model: str = "vit_micro"
-    dataset: str = "specks"
-    task: str = "classification"  # a name in pixelvit.tasks.TASKS
-    img_size: int | None = None  # None: the dataset's native size (specks 16, CIFAR 32)
-    patch_size: int | None = None  # None: the model's default
-    model_args: dict = field(default_factory=dict)  # config overrides, e.g. {"embed_dim": 64, "depth": 4}
-    steps: int = 300  # optimizer steps; the budget sweeps keep equal across patch sizes
-    batch_size: int = 128  # global: split across DDP processes
-    lr: float = 1e-3  # peak learning rate for this global batch
-    min_lr: float = 1e-5  # where the cosine ends
-    warmup_steps: int | None = None  # None: 10 % of the steps
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    mixup: float = 0.0  # Mixup alpha (0 = off)
-    cutmix: float = 0.0  # CutMix alpha (0 = off)
-    augmentation: str | None = None  # none | light | timm; None: the dataset's default
-    ema_decay: float = 0.0  # EMA of the weights (0 = off); top-1 is then measured on the EMA weights
-    clip_grad: float = 1.0  # max gradient norm (0 = no clipping; the norm is checked for NaN either way)
-    drop_path: float = 0.0  # stochastic depth rate of the last block
-    seed: int = 0
-    train_samples: int | None = None  # use only the first N training images (None: all)
-    eval_samples: int | None = None  # evaluate on the first N test images (None: all)
-    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
-    compile: bool = False  # torch.compile the model
-    init_from: str | None = None  # a model folder to start from (multi-stage: the previous stage's model/)
-    # the paper's Table 5 (pixelvit.extend): longer sequences without new information
-    extend: int = 1  # patch-embedding token grid interpolated this many times per side (1 = off)
-    upsample: int = 1  # images upsampled (bicubic) this many times per side before the model (1 = off)
-    # ---- below: where and how often; they do not change the trained weights, so not in the hash ----
-    out: str | None = None  # run folder; None: <runs_dir>/<name>-<hash>
-    runs_dir: str = "runs"
-    data_root: str | None = None  # dataset cache root (default $PIXELVIT_DATA or ~/.cache/pixelvit)
-    eval_every: int = 0  # evaluate every N steps (0: only at the end)
-    checkpoint_every: int = 100  # also at the end of every epoch, after the last step and on Ctrl-C
-    log_every: int = 50
-    num_workers: int = 0  # DataLoader workers; 0 is fastest for small in-memory images on 1-2 cores
-
-
-NOT_HASHED = {"out", "runs_dir", "data_root", "eval_every", "checkpoint_every", "log_every", "num_workers"}
 
 
 class ConfigError(UserError, ValueError):
@@ -148,8 +104,20 @@ class TrainingDiverged(UserError, RuntimeError):
     exit_code = 3
 
 
-def check_config(config: TrainConfig, world_size: int = 1) -> None:
-    """Raise ConfigError (one line: the problem and the fix) for any argument that cannot work."""
+def run_img_size(config: TrainConfig) -> int:
+    """--img-size, or the dataset's native size: the image size a run is named, hashed and loaded at."""
+    return config.img_size or get_task(config.task).native_img_size(config.dataset)
+
+
+def model_spec_of(config: TrainConfig) -> ModelSpec:
+    """The model `config` trains (its task's model_spec at the run's image size). It reads --init-from's
+    config.json: train() calls it once, in check_config, and passes the spec on."""
+    return get_task(config.task).model_spec(config, run_img_size(config))
+
+
+def check_config(config: TrainConfig, world_size: int = 1) -> ModelSpec:
+    """Raise ConfigError (one line: the problem and the fix) for any argument that cannot work; else
+    return the model the run trains (`model_spec_of`), resolved on the way."""
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}: use one of {', '.join(TASKS)}")
     rules = [
@@ -173,30 +141,32 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
         (config.extend == 1 or config.init_from is None, "--extend starts a fresh model: drop --init-from"),
     ]
     problems = [message for ok, message in rules if not ok] + get_task(config.task).problems(config)
+    spec = None
     if not problems:
-        img_size = config.img_size or get_task(config.task).native_img_size(config.dataset)
         try:
             resolve_device(config.device)
-            _, fields, _ = model_spec(config, img_size)  # an unknown model, field or init_from folder
-            check_divisible(img_size * config.upsample, fields["patch_size"])
-            if fields["patch_size"] % config.extend:
-                raise ValueError(f"--extend {config.extend} must divide the patch size {fields['patch_size']}")
+            spec = model_spec_of(config)  # ValueError: an unknown model or field; FileNotFoundError: init_from
+            check_divisible(run_img_size(config) * config.upsample, spec.patch_size)
+            if spec.patch_size % config.extend:
+                raise ValueError(f"--extend {config.extend} must divide the patch size {spec.patch_size}")
         except (ValueError, FileNotFoundError) as error:
             problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems))
+    return spec
 
 
-def config_hash(config: TrainConfig, device_type: str | None = None, world_size: int | None = None) -> str:
+def config_hash(config: TrainConfig, device_type: str | None = None, world_size: int | None = None,
+                spec: ModelSpec | None = None) -> str:
     """12 hex digits that stand for "these exact weights would come out" (see the module docstring).
 
-    `device_type` ("cpu" or "cuda") and `world_size` default to where this process would train.
+    `device_type` ("cpu" or "cuda") and `world_size` default to where this process would train; `spec`
+    (the run's model, from check_config) to `model_spec_of(config)`.
     """
     processes = Processes.from_env()
     device_type = device_type or resolve_device(config.device, processes).type
-    img_size = config.img_size or get_task(config.task).native_img_size(config.dataset)
-    arch, model, runtime = model_spec(config, img_size)
-    model.pop("num_classes")  # the dataset decides it, and the dataset is hashed
+    arch, model, runtime, _ = spec or model_spec_of(config)
+    model = {k: v for k, v in model.items() if k != "num_classes"}  # the dataset decides it, and the dataset is hashed
     fields = {k: v for k, v in dataclasses.asdict(config).items()
               if k not in NOT_HASHED | {"model", "model_args", "img_size", "patch_size", "drop_path", "device"}}
     for added_later in ("extend", "upsample"):  # hashed only when on, so runs made before they existed keep their hash
@@ -210,16 +180,16 @@ def config_hash(config: TrainConfig, device_type: str | None = None, world_size:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_dir_of(config: TrainConfig, digest: str | None = None) -> Path:
+def run_dir_of(config: TrainConfig, digest: str | None = None, spec: ModelSpec | None = None) -> Path:
     """--out, or <runs_dir>/<model>-<dataset>-<size>px-p<patch>-<steps>steps-<hash>."""
     if config.out:
         return Path(config.out)
-    img_size = config.img_size or get_task(config.task).native_img_size(config.dataset)
-    patch_size = model_spec(config, img_size)[1]["patch_size"]
+    spec = spec or model_spec_of(config)
+    img_size, patch_size = run_img_size(config), spec.patch_size
     # folder:<path> -> folder-<last folder name>: short enough for a progress bar (the hash tells runs apart)
     kind, _, where = config.dataset.partition(":")
     dataset = f"{kind}-{Path(where).name}" if where else kind
-    name = f"{config.model}-{dataset}-{img_size}px-p{patch_size}-{config.steps}steps-{digest or config_hash(config)}"
+    name = f"{config.model}-{dataset}-{img_size}px-p{patch_size}-{config.steps}steps-{digest or config_hash(config, spec=spec)}"
     return Path(config.runs_dir) / name
 
 
@@ -377,7 +347,7 @@ def seed_rank(seed: int, rank: int):
 
 def build_data_in_turn(task: Task, config: TrainConfig, processes: Processes, progress: bool) -> TaskData:
     """Rank 0 builds the dataset cache first; the other processes then read it."""
-    img_size = config.img_size or task.native_img_size(config.dataset)
+    img_size = run_img_size(config)
     if not processes.main:
         processes.barrier()
     data = task.build_data(config, img_size, progress=progress and processes.main)
@@ -474,24 +444,31 @@ def finish(model, recipe: Recipe, test_loader, progress: Progress, run: Run, met
 # ---------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, progress: bool = True) -> RunResult:
-    """Train (or resume, or just load) the run `config` describes; see the module docstring."""
-    # ---- set up: check every argument, find the run folder, return a finished run's result ----
+def train(config: TrainConfig, progress: bool = True, restart: bool = False) -> RunResult:
+    """Train (or resume, or just load) the run `config` describes; see the module docstring.
+
+    restart: first delete the run folder's checkpoints and results (pixelvit.runs.clear_run), so the run
+    trains from scratch. Under torchrun rank 0 deletes and every rank waits for it before reading the folder.
+    """
+    # ---- set up: check every argument, resolve the model once, find the run folder ----
     processes = Processes.from_env()
-    check_config(config, processes.world_size)
+    spec = check_config(config, processes.world_size)
     device = resolve_device(config.device, processes)
-    digest = config_hash(config, device.type, processes.world_size)
-    run_dir = run_dir_of(config, digest)
-    if (finished := read_finished(run_dir, digest)) is not None:
-        return finished
-    owns_group = processes.start(device)
+    digest = config_hash(config, device.type, processes.world_size, spec)
+    run_dir = run_dir_of(config, digest, spec)
+    owns_group = processes.start(device) if restart else False  # the barrier below needs the process group
     stop = StopRequests()
     try:
+        if restart:
+            processes.main_first(lambda: clear_run(run_dir))  # no rank reads the old result while it goes
+        if (finished := read_finished(run_dir, digest)) is not None:
+            return finished
+        owns_group = processes.start(device) or owns_group
         task = get_task(config.task)
         data = build_data_in_turn(task, config, processes, progress)
         run = Run(config, digest, run_dir, processes, device, task, len(data.train_set) // config.batch_size)
         seed_everything(config.seed)  # every generator, every run and stage: same config, same weights
-        model = task.build_model(config, data).to(device)
+        model = task.build_model(config, data, spec).to(device)
         recipe = Recipe.create(config, model, task, data)
         seed_rank(config.seed, processes.rank)  # after the initialisation every rank shares
         train_model = wrap_for_training(model, run)
@@ -570,14 +547,15 @@ class Stage:
         return cls(*parts)
 
 
-def train_stages(config: TrainConfig, stages: list[Stage], progress: bool = True) -> list[RunResult]:
+def train_stages(config: TrainConfig, stages: list[Stage], progress: bool = True,
+                 restart: bool = False) -> list[RunResult]:
     """Train stage 1 from scratch, then each later stage from the previous stage's final weights.
 
     The paper pre-trains at a low resolution and fine-tunes at the target one; between stages the
     position embedding is resampled to the new token grid (pixelvit.resample.resize_model). Each stage
     is an ordinary run with its own folder, so finished stages are reused and a stopped stage resumes.
     Every stage seeds its generators afresh, so a stage's weights do not depend on whether the stage
-    before it was just trained or read from its folder.
+    before it was just trained or read from its folder. restart: every stage trains from scratch (train()).
     """
     stage_configs = [dataclasses.replace(config, img_size=stage.img_size, steps=stage.steps, out=None,
                                          patch_size=stage.patch_size or config.patch_size) for stage in stages]
@@ -585,7 +563,7 @@ def train_stages(config: TrainConfig, stages: list[Stage], progress: bool = True
         check_config(stage_config)  # every stage before the first trains (later ones as if from scratch)
     results, init_from = [], config.init_from
     for stage_config in stage_configs:
-        result = train(dataclasses.replace(stage_config, init_from=init_from), progress=progress)
+        result = train(dataclasses.replace(stage_config, init_from=init_from), progress=progress, restart=restart)
         results.append(result)
         init_from = str(Path(result.run_dir) / "model")
     return results
@@ -699,19 +677,14 @@ def print_result(result: RunResult):
 
 def run_command(args) -> int:
     config = config_from_args(args)
-    processes = Processes.from_env()
     if args.stages:
         if config.out:  # with stages, --out is where the stage runs go
             config = dataclasses.replace(config, runs_dir=config.out, out=None)
-        results = train_stages(config, [Stage.parse(s) for s in args.stages], progress=not args.quiet)
+        results = train_stages(config, [Stage.parse(s) for s in args.stages], progress=not args.quiet,
+                               restart=args.restart)
     else:
-        check_config(config, processes.world_size)
-        if args.restart and processes.main:
-            for name in ("checkpoints", "result.json", "metrics.jsonl", "model", "run.json"):
-                target = run_dir_of(config) / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-        results = [train(config, progress=not args.quiet)]
-    if processes.main:
+        results = [train(config, progress=not args.quiet, restart=args.restart)]
+    if Processes.from_env().main:
         for result in results:
             print_result(result)
     return 0

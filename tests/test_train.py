@@ -445,8 +445,8 @@ def test_an_injected_nan_gradient_stops_before_the_update(data_root, tmp_path, m
     the next checkpoint, named as "the last good one", held NaN weights."""
     build_model = pixelvit.tasks.build_model
 
-    def poisoned(config, num_classes, img_size):
-        model = build_model(config, num_classes, img_size)
+    def poisoned(config, spec, num_classes, img_size):
+        model = build_model(config, spec, num_classes, img_size)
         calls = []
 
         def nan_on_the_fourth_backward(grad):
@@ -727,3 +727,103 @@ def test_jupyters_stop_button_saves_a_checkpoint(data_root, tmp_path):
     assert error is not None and error["ename"] == "TrainingInterrupted", error
     step = int(error["evalue"].split(" at step ")[1].split()[0])
     assert latest_checkpoint(run_dir).name == f"step_{step:07d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# --restart, and the model spec resolved once
+# ---------------------------------------------------------------------------------------------
+def test_restart_with_stages_trains_every_stage_again(data_root, tmp_path, capsys):
+    """--restart used to be ignored with --stages: both stages came back as stored results."""
+    args = ["--dataset", "specks", "--patch-size", "4", *MICRO_ARGS, "--stages", "8:3", "16:2",
+            "--batch-size", "16", "--train-samples", "64", "--eval-samples", "32", "--data-root", data_root,
+            "--out", str(tmp_path / "stages"), "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("stored result") == 2
+    assert main([*args, "--restart"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2 and all(line.startswith("trained:") for line in printed)
+
+
+def test_a_run_from_init_from_reads_its_config_json_once(data_root, tmp_path, monkeypatch):
+    """The model spec (patch size, fields) used to be resolved by check_config, config_hash, run_dir_of and
+    the task's build_model, each reading --init-from's config.json again."""
+    start = Path(train(tiny(data_root, tmp_path, steps=2), progress=False).run_dir) / "model"
+    reads = []
+    read_text, read_bytes = Path.read_text, Path.read_bytes
+
+    def counted(original):
+        def read(path, *args, **kwargs):
+            if path.name == "config.json" and path.parent == start:
+                reads.append(str(path))
+            return original(path, *args, **kwargs)
+        return read
+
+    monkeypatch.setattr(Path, "read_text", counted(read_text))
+    monkeypatch.setattr(Path, "read_bytes", counted(read_bytes))
+    result = train(tiny(data_root, tmp_path, img_size=16, steps=2, init_from=str(start)), progress=False)
+    assert not result.cached and result.tokens == (16 // 4) ** 2 + 1
+    assert len(reads) == 1
+
+
+# `python -m pixelvit.train` that records on each rank whether train() returned a stored result, and whose
+# rank 0 is slow to delete files (as on a busy shared disk): --restart's deletion must happen before any
+# rank reads the run folder.
+RESTARTING_TRAINER = """
+import json, os, shutil, sys, time
+from pathlib import Path
+import pixelvit.train as train
+
+rank = int(os.environ.get("RANK", 0))
+if rank == 0:
+    rmtree, unlink = shutil.rmtree, Path.unlink
+
+    def slow_rmtree(*args, **kwargs):
+        time.sleep(3)
+        return rmtree(*args, **kwargs)
+
+    def slow_unlink(path, *args, **kwargs):
+        time.sleep(1)
+        return unlink(path, *args, **kwargs)
+
+    shutil.rmtree, Path.unlink = slow_rmtree, slow_unlink
+real_train = train.train
+
+def recording_train(*args, **kwargs):
+    result = real_train(*args, **kwargs)
+    Path(os.environ["RECORD_DIR"], f"rank{rank}.json").write_text(json.dumps({"cached": result.cached}))
+    return result
+
+train.train = recording_train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_under_ddp_restart_deletes_the_finished_run_before_any_rank_reads_it(data_root, tmp_path):
+    """Rank 0 deleted the finished run's files while rank 1 read them: rank 1 returned the stale result
+    and left, and rank 0 retrained alone, waiting for rank 1 in its first collective."""
+    trainer = tmp_path / "restarting_trainer.py"
+    trainer.write_text(RESTARTING_TRAINER)
+    records = tmp_path / "records"
+    records.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(trainer),
+               "--dataset", "specks", "--img-size", "8", "--patch-size", "4", *MICRO_ARGS, "--steps", "2",
+               "--batch-size", "16", "--train-samples", "64", "--eval-samples", "32", "--data-root", data_root,
+               "--quiet", "--out", str(tmp_path / "ddp")]
+    env = dict(subprocess_env(data_root), RECORD_DIR=str(records))
+
+    def run(*extra):
+        process = subprocess.Popen([*command, *extra], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            pytest.fail(f"torchrun {' '.join(extra)} hung: a rank waited for one that had left")
+        assert process.returncode == 0, stderr[-3000:]
+        return [json.loads((records / f"rank{r}.json").read_text())["cached"] for r in (0, 1)]
+
+    assert run() == [False, False]
+    assert run("--restart") == [False, False]  # both ranks trained again; neither returned the old result
+    assert json.loads((tmp_path / "ddp" / "result.json").read_text())["replicas_in_sync"] is True

@@ -38,7 +38,7 @@ from pixelvit.dense.model import (
     is_segmentation_name,
     segmentation_config,
 )
-from pixelvit.tasks import Task, TaskData
+from pixelvit.tasks import ModelSpec, Task, TaskData
 
 
 class SegmentationTask(Task):
@@ -67,7 +67,7 @@ class SegmentationTask(Task):
     def native_img_size(self, dataset: str) -> int:
         return NATIVE_SIZES.get(dataset, 32)
 
-    def model_spec(self, config, img_size: int) -> tuple[str, dict, dict]:
+    def model_spec(self, config, img_size: int) -> ModelSpec:
         """(arch, config fields, run-time settings) of the segmentation model `config` trains.
 
         `num_classes` is a placeholder here (the dataset decides it, and the dataset is hashed)."""
@@ -75,7 +75,7 @@ class SegmentationTask(Task):
         if config.drop_path:
             args["drop_path_rate"] = config.drop_path
         model_config, runtime = segmentation_config(config.model, img_size, config.patch_size, **args)
-        return SegmentationModel.arch, dataclasses.asdict(model_config), runtime
+        return ModelSpec(SegmentationModel.arch, dataclasses.asdict(model_config), runtime)
 
     def build_data(self, config, img_size: int, progress: bool) -> TaskData:
         train = load_segmentation(config.dataset, "train", img_size, config.data_root, progress=progress)
@@ -86,7 +86,7 @@ class SegmentationTask(Task):
                         test_set=SegmentationDataset(test), num_classes=train.num_classes, img_size=img_size,
                         record={"augmentation": augmentation, "classes": train.classes})
 
-    def build_model(self, config, data: TaskData) -> nn.Module:
+    def build_model(self, config, data: TaskData, spec: ModelSpec) -> nn.Module:
         args = dict(config.model_args)
         if config.drop_path:
             args["drop_path_rate"] = config.drop_path
