@@ -3,6 +3,28 @@
 `import pixelvit` registers every pixelvit model with timm (timm.create_model("adventurer_nano"),
 timm.list_pretrained("adventurer*")) and applies two CPU settings that make training several times faster
 without changing any result (`pixelvit.runtime`; PIXELVIT_CPU_TUNING=0 turns them off); the rest of the public API is imported when first used.
+
+Architecture: a module imports only modules of its own layer or of a layer below it, never one above, and
+no import circle, even inside functions (tests/test_architecture.py checks this list against the code).
+Layers from the bottom, module names relative to `pixelvit.` (`x.*`: every module in package x):
+
+     1. basics: _version, runtime, cli, io, patching, catalog, paper, interrupt, distributed
+     2. kernels and data: ops, ops.*, data, data.*
+     3. checkpoint files: resample, checkpoints
+     4. model parts: models.layers, models.mamba2, models.base
+     5. architectures: models.vit, models.adventurer
+     6. model registry: models.registry, models.timm_registry, models, extend
+     7. analysis: viz, costs, dense, dense.heads, dense.metrics, dense.model, dense.report
+     8. pretrained weights: pretrained, assets, predict, explorer
+     9. a run's description and folder: config, runs
+    10. tasks: tasks, dense.task
+    11. the trainer: train
+    12. sweeps: sweep
+    13. the package root: __init__
+
+So the model code reads checkpoint files (timm's `pretrained=True`) through pixelvit.checkpoints below it,
+never through pixelvit.pretrained above it; and TrainConfig (pixelvit.config) sits below the tasks, which
+name it, and the trainer, which runs them.
 """
 
 from importlib import import_module
@@ -12,8 +34,7 @@ from pixelvit import runtime as _runtime
 _runtime.configure()  # before torch loads: malloc keeps freed memory, OpenMP threads spin briefly (pixelvit.runtime)
 
 from pixelvit import models as _models  # noqa: E402, F401  (after configure: registers the models with timm)
-
-__version__ = "0.1.0"
+from pixelvit._version import __version__  # noqa: E402  (importable without torch: pixelvit.io uses it)
 
 # name -> module that defines it
 _LAZY = {

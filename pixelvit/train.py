@@ -12,9 +12,12 @@ size the same number of training images.
 
 Where the pieces live:
 
+    pixelvit.config       TrainConfig: every setting of a run, and which of them the run hash leaves out
     pixelvit.tasks        what is learned: data, model, loss, test metrics (classification; more can register)
+    pixelvit.data         the datasets, the seeded order of every epoch's batches and the loaders
     pixelvit.runs         the run folder: run.json, metrics.jsonl, checkpoints, random state, result.json
     pixelvit.distributed  DDP processes and the device
+    pixelvit.interrupt    Ctrl-C and SIGTERM: finish the step, save a checkpoint, stop
 
 A run lives in one folder, `runs/<model>-<dataset>-<size>px-p<patch>-<steps>steps-<hash>` unless
 --out names one. The hash stands for "these exact weights would come out": every field that changes
