@@ -1,12 +1,9 @@
-"""The `pixelvit` command: one entry point, one subcommand per module.
+"""What the `pixelvit` subcommands share: one-line user errors, and help that shows each default once.
 
-    pixelvit costs   --model vit_tiny --img-size 224 --patch-sizes 16 8 4 2 1
-    pixelvit train   ...           (pixelvit.train)
-    pixelvit sweep   ...           (pixelvit.sweep)
-    pixelvit predict IMAGE ...     (pixelvit.predict)
-
-Each subcommand lives in its own module with a `main(argv) -> int`; they are imported only when
-used, so `pixelvit costs` does not pay for importing the training stack.
+The `pixelvit` command itself (reading the subcommand, usage, did-you-mean) is pixelvit_cli.py, beside
+this package, so that `pixelvit --help` does not import torch (its docstring says why);
+`python -m pixelvit.cli` runs the same command. Each subcommand lives in its own module with a
+`main(argv) -> int` (pixelvit.costs, .train, .sweep, .predict).
 
 A mistake in the command line, or in the files it names, is a `UserError`: `report_user_errors`
 prints it as one line (`pixelvit train: error: ...`) and returns a non-zero exit code, without a
@@ -15,8 +12,8 @@ traceback (`--debug` shows the traceback).
 
 from __future__ import annotations
 
+import argparse
 import sys
-from importlib import import_module
 
 
 class UserError(Exception):
@@ -41,32 +38,31 @@ def report_user_errors(prog: str, body, debug: bool = False) -> int:
               file=sys.stderr)
         return getattr(stop, "exit_code", 130)
 
-SUBCOMMANDS = {
-    "costs": ("pixelvit.costs", "tokens, FLOPs and memory per patch size (table + plot)"),
-    "train": ("pixelvit.train", "train one model on one dataset"),
-    "sweep": ("pixelvit.sweep", "train a grid of patch sizes and plot accuracy vs patch size"),
-    "predict": ("pixelvit.predict", "top-5 ImageNet classes for images with a pretrained model"),
-}
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help with each option's default said once, as "(default: 128)".
 
-def usage() -> str:
-    lines = ["usage: pixelvit <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
-    lines += ["", "`pixelvit <command> --help` describes each command's options."]
-    return "\n".join(lines)
+    Not for on/off flags (`--no-amp` is on by default: its help says what it switches), not for a None
+    default (the help says what happens then), and not where the help already names its default:
+    argparse.ArgumentDefaultsHelpFormatter does all three. Like it, this shows nothing for an option
+    without a help text, so every option gets one.
+    """
+
+    def _get_help_string(self, action) -> str:  # the hook ArgumentDefaultsHelpFormatter uses too
+        text = action.help or ""
+        if (not action.option_strings or action.nargs == 0 or action.default in (None, argparse.SUPPRESS, [])
+                or "default" in text):
+            return text
+        default = action.default
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in SUBCOMMANDS:
-        print(f"pixelvit: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module = import_module(SUBCOMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    """The `pixelvit` command (pixelvit_cli.main), for `python -m pixelvit.cli`."""
+    from pixelvit_cli import main as command
+
+    return command(argv)
 
 
 if __name__ == "__main__":

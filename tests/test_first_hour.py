@@ -6,8 +6,11 @@ point at the course's copy (`cifar10_jpeg`); run folders (and so progress bars) 
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,45 @@ def test_predict_names_classes_from_the_models_label_names():
     model.pretrained_cfg = {**model.pretrained_cfg, "label_names": names}
     (rows,) = predict(model, [torch.randn(3, 32, 32)], top=3)
     assert [name for _, index, name in rows] == [names[index] for _, index, _ in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# (issue 27) The `pixelvit` command itself: usage, typos and --help
+# ---------------------------------------------------------------------------------------------
+PIXELVIT = Path(sys.executable).with_name("pixelvit")  # the console script pip wrote for pyproject's entry point
+
+
+def run_pixelvit(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """The real `pixelvit` command, with Python's import log on: (result, top-level packages it imported)."""
+    if not PIXELVIT.exists():
+        pytest.skip(f"no console script at {PIXELVIT} (pixelvit not installed into this environment)")
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    result = subprocess.run([str(PIXELVIT), *args], capture_output=True, text=True, env=env, timeout=120)
+    log = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in log[1:]}  # log[0] is the header
+    result.stderr = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
+    return result, imported
+
+
+def test_pixelvit_help_bare_and_typos_answer_without_importing_torch():
+    """`pixelvit --help` took 5-11 s and 850 MB (torch, imported by `import pixelvit` before argv was read);
+    bare `pixelvit` exited 0; `pixelvit cost` got no suggestion."""
+    result, imported = run_pixelvit("--help")
+    assert result.returncode == 0 and "usage: pixelvit <command>" in result.stdout
+    assert "pixelvit_cli" in imported and not imported & {"torch", "timm", "pixelvit", "numpy"}, sorted(imported)
+
+    result, imported = run_pixelvit()  # a command is required: usage on stderr, exit 2 (as argparse does)
+    assert result.returncode == 2 and result.stdout == "" and "usage: pixelvit <command>" in result.stderr
+    assert "torch" not in imported
+
+    result, imported = run_pixelvit("cost")
+    assert result.returncode == 2 and "torch" not in imported
+    assert result.stderr.strip().splitlines() == [
+        "pixelvit: error: unknown command 'cost': did you mean 'costs'? commands: costs, train, sweep, predict"]
+
+
+def test_import_pixelvit_still_registers_the_models_with_timm():
+    code = "import pixelvit, timm; print(type(timm.create_model('adventurer_nano')).__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and result.stdout.strip() == "Adventurer", result.stderr[-2000:]
+
