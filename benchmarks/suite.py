@@ -95,7 +95,8 @@ PROFILES = {
         },
         "full_scale": dict(models=[("adventurer_tiny", 64, 1, True)]),
         "training_memory": dict(patch_sizes=[2, 1], repeats=3),
-        "training_speed": dict(cases=[("adventurer_nano", 2, "default"), ("vit_nano", 2, "default")], repeats=2),
+        "training_speed": dict(cases=[("adventurer_nano", 2, "default"), ("adventurer_nano", 2, "readable_mixer"),
+                                      ("vit_nano", 2, "default")], repeats=2, profile_case=("adventurer_nano", 2)),
     },
     "tiny": {
         "vit_vs_timm": dict(configs=[("vit_micro", 8)], batch_size=2, repeats=2, warmup=0),

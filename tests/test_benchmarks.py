@@ -14,7 +14,7 @@ import torch
 from benchmarks.cost_growth import crossover
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ["vit_vs_timm", "scan", "cost_growth", "gpu", "full_scale", "training_memory"]
+SECTIONS = ["vit_vs_timm", "scan", "cost_growth", "gpu", "full_scale", "training_memory", "training_speed"]
 
 
 def run_suite(tmp_path, *args, timeout):
@@ -120,6 +120,17 @@ def check_results(out: Path, flag: str):
         assert row["adventurer_saved_mb_per_image"] < 0.5 * row["adventurer_before_saved_mb_per_image"]
     assert isinstance(memory["memory_target_met"], bool) and isinstance(memory["speed_target_met"], bool)
 
+    speed = sections["training_speed"]
+    assert {(r["model"], r["variant"]) for r in speed["rows"]} >= {("adventurer_nano", "default"),
+                                                                  ("adventurer_nano", "readable_mixer")}
+    for row in speed["rows"]:
+        for t in speed["threads"]:
+            m = row[f"t{t}"]
+            assert positive(m["img_per_s"]) and positive(m["matmul_gflops"]) and 0 < m["fraction_of_matmul"] < 1
+            assert m["faults_per_step"] >= 0 and m["system_s_per_step"] >= 0
+        assert positive(row["speedup"])
+    assert speed["profile"]["ops"] and all(0 < op["share"] <= 1 for op in speed["profile"]["ops"])
+
     markdown = (out / "results.md").read_text()
     assert results["command"] in markdown and machine["cpu_model"] in markdown
     for header in ("| model | patch | tokens |", "| length | chunked ms |", "| image | patch | tokens |"):
@@ -127,6 +138,7 @@ def check_results(out: Path, flag: str):
     assert "## 4. GPU" in markdown
     assert "## 5. Full scale on CPU" in markdown and "| model | image | patch | tokens | GFLOP |" in markdown
     assert "## 6. Training memory" in markdown and "Adv/ViT" in markdown
+    assert "## 7. Training throughput" in markdown and "1 thr: of matmul" in markdown and "Where the time goes" in markdown
 
 
 def test_tiny_run_writes_every_section(tmp_path):
@@ -138,7 +150,7 @@ def test_only_runs_the_named_sections(tmp_path):
     run_suite(tmp_path, "--tiny", "--only", "gpu", timeout=120)
     sections = json.loads((tmp_path / "results.json").read_text())["sections"]
     assert all("not_selected" in sections[name]
-               for name in ("vit_vs_timm", "scan", "cost_growth", "full_scale", "training_memory"))
+               for name in ("vit_vs_timm", "scan", "cost_growth", "full_scale", "training_memory", "training_speed"))
     assert not (tmp_path / "cost_growth.json").exists()
 
 
