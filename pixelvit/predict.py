@@ -2,6 +2,7 @@
 
     pixelvit predict cat.jpg dog.png --model adventurer_base_patch1_224 --top 5
     pixelvit predict cat.jpg --model adventurer_tiny_patch1_64 --checkpoint ~/Downloads/adventurer_tiny_patch1_64.pth
+    pixelvit predict cat.jpg --checkpoint pixelvit/assets/cifar10_adventurer_nano     # shipped: works offline
 
 Preprocessing is the evaluation transform of DeiT / Adventurer, built by timm from `model.pretrained_cfg`:
 resize the shorter side to img_size / crop_pct (bicubic), center-crop img_size x img_size, scale to [0, 1],
@@ -19,13 +20,17 @@ whole process's peak memory.
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 from pixelvit.catalog import CATALOG
+from pixelvit.cli import HelpFormatter, UserError, report_user_errors
 
 
 def data_config(model) -> dict:
@@ -127,57 +132,150 @@ def detect_flip_rule(model, images: torch.Tensor, labels: torch.Tensor, rules=No
     return best, results
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pixelvit predict", description="Top-k ImageNet classes for images.")
+DEFAULT_MODEL = "adventurer_tiny_patch1_64"  # what `pixelvit predict IMAGE` downloads (ImageNet classes)
+
+
+class CannotLoad(UserError):
+    """The weights cannot be had or read (offline, a bad file): one line, exit code 1."""
+
+    exit_code = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pixelvit predict", description="Top-k classes for images.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("images", nargs="+", help="image files (anything PIL opens)")
-    parser.add_argument("--model", default="adventurer_tiny_patch1_64",
-                        help=f"released checkpoint ({', '.join(CATALOG)}), a timm ViT/DeiT name, a URL or a "
-                             "path; with --checkpoint only its preprocessing (crop) is used")
-    parser.add_argument("--checkpoint", help="local file or directory to load instead of downloading --model")
-    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--model", default=None,
+                        help=f"released checkpoint (pixelvit.catalog.list_checkpoints()), a timm ViT/DeiT name, a "
+                             f"URL or a path (default: {DEFAULT_MODEL}, downloaded once); with --checkpoint, the "
+                             "released checkpoint whose crop to use when the file does not say")
+    parser.add_argument("--checkpoint", help="local file or directory to load instead of downloading --model, "
+                                             f"e.g. the model shipped with pixelvit: {shipped_model_path()}")
+    parser.add_argument("--top", type=int, default=5, help="how many classes to print per image")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--model-ema", action="store_true", help="use the EMA weights of a training checkpoint")
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
                         help="unpickle objects beyond the allowlist (runs code from the file: trusted files only)")
-    args = parser.parse_args(argv)
+    return parser
 
-    from PIL import Image
 
+def shipped_model_path() -> str:
+    """The model folder inside the package (pixelvit.assets), relative to the current folder when inside it."""
+    from pixelvit.assets import CIFAR10_MODEL
+
+    try:
+        return str(CIFAR10_MODEL.relative_to(Path.cwd()))
+    except ValueError:
+        return str(CIFAR10_MODEL)
+
+
+def open_images(paths: list[str]) -> list:
+    """Every image, opened and decoded, before any model work; a UserError naming those that are not."""
+    from PIL import Image, UnidentifiedImageError
+
+    missing = [path for path in paths if not Path(path).is_file()]
+    if missing:
+        raise UserError(f"no such image: {', '.join(missing)}")
+    images, unreadable = [], []
+    for path in paths:
+        try:
+            image = Image.open(path)
+            image.load()  # the whole file: a truncated image fails here, not after the model has loaded
+            images.append(image)
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:  # SyntaxError: PIL on some broken files
+            unreadable.append(f"{path} ({error})")
+    if unreadable:
+        raise UserError(f"not an image PIL can read: {'; '.join(unreadable)}")
+    return images
+
+
+def saved_crop_pct(path) -> float | None:
+    """The crop a pixelvit model folder (or its model.safetensors) was saved with; None if the file does not say."""
+    from pixelvit.io import CONFIG_NAME, WEIGHTS_NAME
+
+    path = Path(path).expanduser()
+    folder = path if path.is_dir() else path.parent if path.name == WEIGHTS_NAME else None
+    if folder is None or not (folder / CONFIG_NAME).is_file():
+        return None
+    return (json.loads((folder / CONFIG_NAME).read_text()).get("pretrained_cfg") or {}).get("crop_pct")
+
+
+def why_not_downloadable(name: str) -> str | None:
+    """Why the released checkpoint `name` cannot be had now (not in the Hugging Face cache, hub not
+    reachable), or None when it can. Asks the hub once (pixelvit.checkpoints.hub_reachable)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from pixelvit.checkpoints import HUB_PROBE_TIMEOUT_S, hub_reachable
+
+    entry = CATALOG[name]
+    if isinstance(try_to_load_from_cache(entry.repo_id, entry.filename), str) or hub_reachable():
+        return None
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    return f"{urlparse(constants.ENDPOINT).hostname} did not answer within {HUB_PROBE_TIMEOUT_S} s"
+
+
+def check_weights_source(args) -> None:
+    """A UserError for a --checkpoint that does not exist, or a released --model that cannot be downloaded now:
+    before the model is built. (A misspelt --model is told by pixelvit.pretrained, with a did-you-mean.)"""
+    if args.checkpoint:
+        if urlparse(args.checkpoint).scheme not in ("http", "https") and not Path(args.checkpoint).expanduser().exists():
+            raise UserError(f"--checkpoint {args.checkpoint}: no such file or directory")
+        if args.model is not None and args.model not in CATALOG:
+            close = difflib.get_close_matches(args.model, CATALOG, n=1)
+            raise UserError(f"with --checkpoint, --model names the released checkpoint whose crop to use; "
+                            f"{args.model!r} is none{f' (did you mean {close[0]}?)' if close else ''}")
+        return
+    name = args.model or DEFAULT_MODEL
+    why = why_not_downloadable(name) if name in CATALOG else None
+    if why:
+        entry = CATALOG[name]
+        raise CannotLoad(
+            f"{name} is not downloaded and cannot be downloaded now ({why}). Offline, use the model shipped with "
+            f"pixelvit (CIFAR-10 classes): --checkpoint {shipped_model_path()}. Or, on a machine with internet, "
+            f"download {entry.url} (or run `hf download {entry.repo_id} {entry.filename}`) and pass "
+            "--checkpoint PATH."
+        )
+
+
+def run_command(args) -> int:
+    from pixelvit.checkpoints import CheckpointError
     from pixelvit.io import DownloadError
     from pixelvit.ops.progress import layer_progress
-    from pixelvit.pretrained import CheckpointError, load_pretrained
+    from pixelvit.pretrained import load_pretrained
 
-    missing = [path for path in args.images if not Path(path).is_file()]
-    if missing:
-        print(f"pixelvit predict: no such image: {', '.join(missing)}", file=sys.stderr)
-        return 2
+    images = open_images(args.images)  # a path that is not an image stops here, before any model work
+    check_weights_source(args)
+    source = args.checkpoint or args.model or DEFAULT_MODEL
     try:
-        model = load_pretrained(args.checkpoint or args.model, model_ema=args.model_ema,
-                                allow_unsafe_pickle=args.allow_unsafe_pickle, verbose=False)
+        model = load_pretrained(source, model_ema=args.model_ema, allow_unsafe_pickle=args.allow_unsafe_pickle,
+                                verbose=False)
     except (CheckpointError, DownloadError, FileNotFoundError) as error:
-        print(f"pixelvit predict: {error}", file=sys.stderr)
-        return 1
-    entry = CATALOG.get(args.model)
-    if args.checkpoint and entry is not None and "checkpoint" not in model.pretrained_cfg:
-        model.pretrained_cfg["crop_pct"] = entry.crop_pct  # the file does not say; the catalog does
+        raise CannotLoad(str(error)) from error
+    if args.checkpoint and args.model in CATALOG and saved_crop_pct(args.checkpoint) is None:
+        model.pretrained_cfg["crop_pct"] = CATALOG[args.model].crop_pct  # the file does not say; the catalog does
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
     model.to(device)  # the scan's chunk length follows the device by itself (pixelvit.ops.ssd.ssd_scan)
 
-    images = [Image.open(path) for path in args.images]
     cfg = data_config(model)
     _, h, w = cfg["input_size"]
     start = time.perf_counter()
     with layer_progress(model, calls=-(-len(images) // 8), desc="forward"):  # predict's batches of 8
         results = predict(model, images, top=args.top)
     seconds = time.perf_counter() - start
-    print(f"{args.checkpoint or args.model}: {h}x{w} input, {model.num_tokens:,} tokens, crop {cfg['crop_pct']}, "
+    print(f"{source}: {h}x{w} input, {model.num_tokens:,} tokens, crop {cfg['crop_pct']}, "
           f"{seconds:.2f} s for {len(images)} image(s) on {device}")
     for path, rows in zip(args.images, results, strict=True):
         print(path)
         for probability, _, name in rows:
             print(f"  {probability:7.2%}  {name}")
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return report_user_errors("pixelvit predict", lambda: run_command(args))
 
 
 if __name__ == "__main__":

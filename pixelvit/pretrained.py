@@ -31,6 +31,7 @@ The model comes back in eval mode with `model.pretrained_cfg` (input size, crop,
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import os
@@ -143,8 +144,10 @@ def checkpoint_file(name_or_path, sha256: str | None = None, cache_dir=None) -> 
     if text in MODELS:
         hint = (f" ({text!r} names an architecture: create_model({text!r}) builds it with random weights; "
                 f"its released weights: {', '.join(n for n in CATALOG if n.startswith(text)) or 'none'})")
+    close = difflib.get_close_matches(text, CATALOG, n=1)  # a typo of a release, not a list of all of them
+    known = f"did you mean {close[0]}?" if close else f"pixelvit.catalog.list_checkpoints() lists the {len(CATALOG)}"
     raise CheckpointError(
-        f"{text!r} is neither a file or directory, a URL, a released checkpoint ({', '.join(CATALOG)}), "
+        f"{text!r} is neither a file or directory, a URL, a released checkpoint ({known}), "
         f"nor a timm ViT/DeiT model name{hint}."
     )
 

@@ -4,6 +4,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,8 +74,63 @@ def test_predict_reports_missing_image_and_missing_checkpoint(tmp_path, capsys):
     assert main([str(tmp_path / "nope.png")]) == 2
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
-    assert main([str(image), "--checkpoint", str(tmp_path / "nope.pth")]) == 1
-    assert "neither a file" in capsys.readouterr().err
+    assert main([str(image), "--checkpoint", str(tmp_path / "nope.pth")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# (issue 27) What a new user typed, through the real command line
+# ---------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = "pixelvit/assets/cifar10_adventurer_nano"  # relative to the repository root, where these run
+
+
+def run_predict(*args, **env) -> subprocess.CompletedProcess:
+    """`pixelvit predict ARGS` in a subprocess from the repository root, offline."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, "-m", "pixelvit.cli", "predict", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=240)
+
+
+def one_error_line(result: subprocess.CompletedProcess, code: int) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("pixelvit predict: error: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_predict_checks_every_image_before_any_model_work(tmp_path, photos):
+    """`pixelvit predict README.md` loaded a model, then printed PIL's traceback. The checkpoint here is
+    not one either: had the model been loaded first, that would have been the error."""
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("not a checkpoint")
+    line = one_error_line(run_predict(photos[0], "README.md", "--checkpoint", not_a_checkpoint), 2)
+    assert "not an image PIL can read: README.md" in line and photos[0] not in line
+
+
+def test_predict_offline_names_the_command_line_route_and_it_works(tmp_path, photos):
+    """Offline with an empty hub cache, the message told a CLI user to call pixelvit.load_pretrained('/path').
+    Now it names --checkpoint PATH and the shipped model, and that command works offline."""
+    line = one_error_line(run_predict(photos[1], HF_HUB_CACHE=str(tmp_path / "empty-hub")), 1)
+    assert "HF_HUB_OFFLINE" in line and "--checkpoint PATH" in line and "load_pretrained" not in line
+    assert f"--checkpoint {SHIPPED}" in line
+    suggested = line.split("--checkpoint ", 1)[1].split()[0].rstrip(".")
+    result = run_predict(photos[1], "--checkpoint", suggested, "--top", "3", HF_HUB_CACHE=str(tmp_path / "empty-hub"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    # the shipped model's own crop (1.0, in its config.json), not the default model's 0.875
+    assert result.stdout.startswith(f"{SHIPPED}: 32x32 input, 65 tokens, crop 1.0,"), result.stdout
+
+
+def test_predict_missing_checkpoint_says_no_such_file(tmp_path, photos):
+    line = one_error_line(run_predict(photos[0], "--checkpoint", "missing.pth"), 2)
+    assert line == "pixelvit predict: error: --checkpoint missing.pth: no such file or directory"
+
+
+def test_predict_misspelt_model_gets_a_did_you_mean_not_every_name(photos):
+    """It listed all 17 released checkpoints in one 700-character line, and no suggestion."""
+    line = one_error_line(run_predict(photos[0], "--model", "adventurer_tiny_patch1_6"), 1)
+    assert "did you mean adventurer_tiny_patch1_64?" in line
+    assert "adventurer_base_patch8_448" not in line and len(line) < 250, line
 
 
 def test_predict_function_matches_the_model(photos, official_checkpoint):
