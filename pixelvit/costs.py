@@ -28,6 +28,7 @@ import csv
 import sys
 from pathlib import Path
 
+from pixelvit.cli import HelpFormatter, UserError, report_user_errors
 from pixelvit.patching import as_hw, check_divisible
 
 # The paper's Table 6: training memory of ViT at 224x224 per patch size (MB). Quoted, not measured here.
@@ -244,17 +245,35 @@ def plot_costs(rows: list[dict], path, title: str | None = None):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pixelvit costs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pixelvit costs", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--model", default="vit_tiny", help="model name (see pixelvit.list_models())")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[16, 8, 4, 2, 1])
+    parser.add_argument("--img-size", type=int, default=224, help="square input images of this many pixels")
+    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[16, 8, 4, 2, 1],
+                        help="one row per patch size; each must divide --img-size")
     parser.add_argument("--out", default="outputs", help="folder for the CSV table and the PNG plot")
     args = parser.parse_args(argv)
+    return report_user_errors("pixelvit costs", lambda: run_command(args))
 
+
+def check_sizes(img_size: int, patch_sizes) -> None:
+    """A UserError (one line) for an image size below 1 or a patch size that does not divide it, as
+    `pixelvit train` checks them: before anything is computed or written."""
+    if img_size < 1:
+        raise UserError(f"--img-size {img_size}: use at least 1")
+    for patch_size in patch_sizes:
+        try:
+            check_divisible(img_size, patch_size)
+        except ValueError as error:
+            raise UserError(f"--patch-sizes {patch_size}: {error}") from None
+
+
+def run_command(args) -> int:
+    check_sizes(args.img_size, args.patch_sizes)
     try:
         rows = cost_table(args.model, args.img_size, args.patch_sizes)
-    except ValueError as error:
-        parser.error(str(error))
+    except ValueError as error:  # an unknown model name
+        raise UserError(str(error)) from None
     print(f"{args.model} at {args.img_size}x{args.img_size}")
     print(format_table(rows))
     stem = Path(args.out) / f"costs_{args.model}_{args.img_size}"

@@ -2,6 +2,8 @@
 torch's own FLOP counter on real forward passes."""
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -135,10 +137,20 @@ def test_cli_prints_table_and_writes_plot(tmp_path, capsys):
     assert len(csv_lines) == 6 and csv_lines[0].startswith("model,img_size,patch_size,tokens")
 
 
-def test_cli_rejects_a_patch_size_that_does_not_divide(capsys):
-    with pytest.raises(SystemExit):
-        costs.main(["--model", "vit_tiny", "--img-size", "224", "--patch-sizes", "16", "5"])
-    assert "not divisible by patch size 5" in capsys.readouterr().err
+@pytest.mark.parametrize("args, expected", [
+    (["--img-size", "224", "--patch-sizes", "16", "5"], "--patch-sizes 5: image size 224x224 is not divisible by patch size 5"),
+    (["--img-size", "0"], "--img-size 0: use at least 1"),
+    (["--img-size", "-32", "--patch-sizes", "4"], "--img-size -32: use at least 1"),
+    (["--img-size", "32", "--patch-sizes", "4", "0"], "--patch-sizes 0: patch size must be a positive integer"),
+], ids=["does-not-divide", "zero", "negative", "zero-patch"])
+def test_cli_rejects_bad_sizes_in_one_line_before_any_work(tmp_path, args, expected):
+    """(issue 27) `pixelvit costs --img-size 0` printed "0x0", 1 token, and wrote a CSV and a plot."""
+    result = subprocess.run([sys.executable, "-m", "pixelvit.cli", "costs", *args, "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(err) == 1, result.stderr
+    assert err[0].startswith("pixelvit costs: error: ") and expected in err[0], err[0]
+    assert result.stdout == "" and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["vit_nano", "adventurer_nano"])
