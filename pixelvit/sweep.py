@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from pixelvit.cli import report_user_errors
+from pixelvit.cli import HelpFormatter, report_user_errors
 from pixelvit.costs import estimate
 from pixelvit.io import atomic_write, atomic_write_json, read_model_files
 from pixelvit.models import model_from_config
@@ -172,13 +172,13 @@ def format_table(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULT_SWEEP
     p = argparse.ArgumentParser(prog="pixelvit sweep", description=__doc__.split("\n\n")[0],
-                                parents=[recipe_arguments()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                parents=[recipe_arguments()], formatter_class=HelpFormatter)
     p.set_defaults(steps=d["steps"], batch_size=d["batch_size"], lr=d["lr"], dataset=d["dataset"])
     p.add_argument("--model", dest="models", nargs="+", default=None,
-                   help=f"default: {' '.join(d['models'])}")
-    p.add_argument("--patch-sizes", type=int, nargs="+", default=d["patch_sizes"])
-    p.add_argument("--seeds", type=int, nargs="+", default=d["seeds"])
-    p.add_argument("--out", default=None, help=f"sweep folder (default {d['out']} for the default sweep, "
+                   help=f"one or more names from pixelvit.models.list_models() (default: {' '.join(d['models'])})")
+    p.add_argument("--patch-sizes", type=int, nargs="+", default=d["patch_sizes"], help="one run per patch size")
+    p.add_argument("--seeds", type=int, nargs="+", default=d["seeds"], help="one run per seed and patch size")
+    p.add_argument("--out", default=None, help=f"sweep folder (default: {d['out']} for the default sweep, "
                                                 "else runs/sweeps/<model>-<dataset>-<size>px)")
     p.add_argument("--paper", action="store_true", help="add a panel with the paper's ImageNet numbers")
     return p

@@ -63,7 +63,7 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pixelvit.cli import UserError, report_user_errors
+from pixelvit.cli import HelpFormatter, UserError, report_user_errors
 from pixelvit.config import NOT_HASHED, TrainConfig
 from pixelvit.data import AUGMENTATIONS, EpochBatchSampler, EvalBatchSampler, make_loader
 from pixelvit.data.segmentation import SEGMENTATION_AUGMENTATIONS
@@ -605,13 +605,13 @@ def recipe_arguments() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=d.dataset, help="specks | cifar10 | cifar100 | cifar10_jpeg | folder:<path>")
     p.add_argument("--task", default=d.task, help="what to learn: " + " | ".join(TASKS))
     p.add_argument("--img-size", type=int, default=None, help="default: the dataset's native size")
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (after warmup, then cosine)")
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
     p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of the steps")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="0 = hard labels")
     p.add_argument("--mixup", type=float, default=d.mixup, help="Mixup alpha (0 = off)")
     p.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0 = off)")
     # No argparse `choices`: which names are valid depends on --task, and the task's check says so in one line
@@ -620,23 +620,27 @@ def recipe_arguments() -> argparse.ArgumentParser:
                         f"light); segmentation: {' | '.join(SEGMENTATION_AUGMENTATIONS)} (default: none)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 = no EMA")
     p.add_argument("--clip-grad", type=float, default=d.clip_grad, help="0 = no clipping")
-    p.add_argument("--drop-path", type=float, default=d.drop_path)
+    p.add_argument("--drop-path", type=float, default=d.drop_path, help="stochastic depth rate of the last block")
     p.add_argument("--extend", type=int, default=d.extend,
                    help="interpolate the patch tokens this many times per side: the paper's 'extending' (1 = off)")
     p.add_argument("--upsample", type=int, default=d.upsample,
                    help="upsample the images this many times per side before the model (1 = off)")
     p.add_argument("--train-samples", type=int, default=None, help="use only the first N training images")
     p.add_argument("--eval-samples", type=int, default=None, help="evaluate on the first N test images")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
-    p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:1 ...")
+    p.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="turn off bf16 autocast on CUDA (on by default; the CPU runs float32 either way)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in backward: less memory, ~30%% slower")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--runs-dir", default=d.runs_dir, help="where run folders go")
-    p.add_argument("--data-root", default=None, help="dataset cache (default $PIXELVIT_DATA or ~/.cache/pixelvit)")
+    p.add_argument("--data-root", default=None, help="dataset cache (default: $PIXELVIT_DATA or ~/.cache/pixelvit)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="0 = only at the end")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="save a checkpoint every N steps (also after each epoch, the last step and Ctrl-C)")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="log the training loss every N steps")
+    p.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers,
+                   help="DataLoader worker processes (0 is fastest for small images on 1-2 cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     return p
@@ -645,10 +649,10 @@ def recipe_arguments() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="pixelvit train", description=__doc__.split("\n\n")[0],
-                                parents=[recipe_arguments()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                parents=[recipe_arguments()], formatter_class=HelpFormatter)
     p.add_argument("--model", default=d.model, help="a name from pixelvit.models.list_models()")
     p.add_argument("--patch-size", type=int, default=None, help="default: the model's")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, the data order and augmentation")
     p.add_argument("--stages", nargs="+", default=None, metavar="IMG:STEPS[:PATCH]",
                    help="multi-stage training, e.g. --stages 16:200 32:100 (overrides --img-size/--steps)")
     p.add_argument("--init-from", default=None, help="start from this model folder (resized if needed)")

@@ -185,3 +185,36 @@ def test_import_pixelvit_still_registers_the_models_with_timm():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0 and result.stdout.strip() == "Adventurer", result.stderr[-2000:]
 
+
+def option_help(text: str) -> dict[str, str]:
+    """`--help` output -> {option: its help text on one line}."""
+    options, name = {}, None
+    for line in text.split("options:", 1)[1].splitlines():
+        match = re.match(r"  (-{1,2}[\w-]+)", line)
+        if match:
+            name = match.group(1)
+            options[name] = line
+        elif name:
+            options[name] += " " + line.strip()
+    return {name: " ".join(help_text.split()) for name, help_text in options.items()}
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "costs", "predict"])
+def test_help_shows_each_default_once_and_none_for_flags(command):
+    """--help said "(default: none) (default: None)", "--no-amp ... (default: True)", and nothing for --steps,
+    --lr or any option of `pixelvit costs`."""
+    result = subprocess.run([sys.executable, "-m", "pixelvit.cli", command, "--help"], capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    options = option_help(result.stdout)
+    for text in options.values():
+        assert "(default: None)" not in text and not re.search(r"\(default: [^()]*\) \(default: [^()]*\)$", text), text
+        assert "(default: True)" not in text and "(default: False)" not in text, text
+    expected = {"train": {"--steps": "300", "--lr": "0.001", "--batch-size": "128", "--seed": "0"},
+                "sweep": {"--steps": "300", "--lr": "0.002", "--patch-sizes": "8 4 2 1"},
+                "costs": {"--model": "vit_tiny", "--img-size": "224", "--patch-sizes": "16 8 4 2 1", "--out": "outputs"},
+                "predict": {"--top": "5", "--device": "auto"}}[command]
+    for name, default in expected.items():
+        assert options[name].endswith(f"(default: {default})"), options[name]
+    if command in ("train", "sweep"):
+        assert "(default:" not in options["--no-amp"] and "on by default" in options["--no-amp"]
