@@ -218,9 +218,19 @@ def run_command(args) -> int:
     started = time.perf_counter()
     rows = run_sweep(configs, out, progress=not args.quiet, paper=args.paper)
     print(format_table(rows))
-    print(f"sweep: {len(rows)} runs in {time.perf_counter() - started:.1f} s -> {out / 'results.csv'}, "
-          f"{out / 'sweep.png'}")
+    print(f"sweep: {summary(rows, time.perf_counter() - started)} -> {out / 'results.csv'}, {out / 'sweep.png'}")
     return 0
+
+
+def summary(rows: list[dict], seconds: float) -> str:
+    """'4 runs in 61.0 s', saying which runs were loaded from their run folders rather than trained: their
+    wall_s is how long they took when they were trained, not part of this sweep's time."""
+    loaded = sum(bool(row["cached"]) for row in rows)
+    if not loaded:
+        return f"{len(rows)} runs in {seconds:.1f} s"
+    trained = f"{len(rows) - loaded} trained, " if loaded < len(rows) else ""
+    return (f"{len(rows)} runs in {seconds:.1f} s ({trained}{loaded} loaded from their run folders: "
+            "their wall_s is from when they were trained)")
 
 
 def main(argv=None) -> int:

@@ -66,11 +66,14 @@ def test_sweep_end_to_end_on_specks_then_reused(data_root, tmp_path, capsys):
         assert row["device"].startswith("cpu") and row["cached"] == "False"
     assert float(rows[1]["gflops"]) > float(rows[0]["gflops"])  # 4x the tokens, more compute
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
-    assert "patch_size" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "patch_size" in out and "sweep: 2 runs in " in out and "loaded" not in out
 
     assert sweep.main(args) == 0  # finished runs are reused, not retrained
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))
     assert all(r["cached"] == "True" for r in rows)
+    # (issue 27) the old wall times beside "2 runs in 0.3 s" did not say the runs were loaded
+    assert "(2 loaded from their run folders: their wall_s is from when they were trained)" in capsys.readouterr().out
 
 
 def test_gflops_come_from_pixelvit_costs_with_no_fallback_that_misses_attention(data_root, tmp_path, monkeypatch):
