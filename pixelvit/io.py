@@ -115,10 +115,10 @@ def download_url(url: str, dest, sha256: str | None = None, progress: bool = Tru
     except (urllib.error.URLError, OSError) as error:
         if isinstance(error, DownloadError):
             raise
-        raise DownloadError(
-            f"could not download {url}: {error}. The partial file {part} is kept; run again to resume, "
-            "or download the file yourself and pass its local path."
-        ) from error
+        reason = getattr(error, "reason", None) or error  # a URLError wraps the socket's error
+        kept = part.stat().st_size if part.exists() else 0  # nothing arrived: there is no partial file to name
+        resume = f"; the {kept:,} bytes that arrived are kept in {part}: run again to resume" if kept else ""
+        raise DownloadError(f"could not download {url} ({reason}){resume}.") from error
     if sha256 is not None:
         actual = sha256_file(part)
         if actual != sha256:

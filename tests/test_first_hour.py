@@ -218,3 +218,26 @@ def test_help_shows_each_default_once_and_none_for_flags(command):
         assert options[name].endswith(f"(default: {default})"), options[name]
     if command in ("train", "sweep"):
         assert "(default:" not in options["--no-amp"] and "on by default" in options["--no-amp"]
+
+
+def test_offline_cifar10_error_is_short_and_names_a_partial_file_only_when_there_is_one(tmp_path, monkeypatch):
+    """(issue 27) The ~600-character error said "The partial file ... is kept" when nothing had arrived."""
+    from pixelvit.data import load_split
+    from pixelvit.data.locations import DatasetNotFoundError
+
+    monkeypatch.setenv("PIXELVIT_SHARED_DATA", str(tmp_path / "shared"))
+    root = tmp_path / "cache"
+
+    def error_line() -> str:  # as `pixelvit train` prints it: one line (pixelvit.cli.report_user_errors)
+        with pytest.raises(DatasetNotFoundError) as raised:
+            load_split("cifar10", "test", root=root, url=closed_port_url(), progress=False)
+        return " ".join(str(raised.value).split())
+
+    line = error_line()
+    assert ".part" not in line and "kept" not in line, line
+    assert len(line.replace(str(tmp_path), "~")) < 450, line  # the temporary folder's long name aside
+    assert "--dataset cifar10_jpeg" in line and str(root / "downloads") in line
+
+    part = root / "downloads" / "cifar-10-python.tar.gz.part"  # an earlier transfer that stopped after 1000 bytes
+    part.write_bytes(b"x" * 1000)
+    assert f"the 1,000 bytes that arrived are kept in {part}: run again to resume" in error_line()

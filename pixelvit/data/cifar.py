@@ -115,15 +115,14 @@ def read_split(folder, name: str, split: str) -> ImageArrays:
 
 
 def how_to_get(name: str, root=None) -> str:
+    """Where to put the archive by hand; for CIFAR-10, first the course's copy, which needs no internet."""
     source = CIFAR[name]
-    # the course's copy of CIFAR-10 needs no internet: say so first, it is what a student offline wants
     course_copy = ""
     if name == "cifar10":
         archive = shared_data_dir() / SHARED_CIFAR10_ARCHIVE
-        course_copy = (f"Offline, use the course's copy instead: --dataset cifar10_jpeg (reads {archive}; "
-                       f"{'found' if archive.exists() else 'not found here'}). Or: ")
+        course_copy = (f"Offline, use the course's copy: --dataset cifar10_jpeg ({archive}, "
+                       f"{'found' if archive.exists() else 'not found here: see PIXELVIT_SHARED_DATA'}). Or ")
     return (
-        f"{course_copy}pixelvit downloads {name} from {source.url} (md5 {source.md5}) into "
-        f"{data_root(root) / 'downloads'} on first use. Without internet, download that file elsewhere and "
-        f"copy it there (or set PIXELVIT_DATA to a folder whose downloads/ holds it)."
+        f"{course_copy}on a machine with internet download {source.url} (md5 {source.md5}) and copy it into "
+        f"{data_root(root) / 'downloads'}."
     )
