@@ -241,3 +241,19 @@ def test_offline_cifar10_error_is_short_and_names_a_partial_file_only_when_there
     part = root / "downloads" / "cifar-10-python.tar.gz.part"  # an earlier transfer that stopped after 1000 bytes
     part.write_bytes(b"x" * 1000)
     assert f"the 1,000 bytes that arrived are kept in {part}: run again to resume" in error_line()
+
+
+def test_readme_names_the_shared_data_variable_and_the_offline_predict_route():
+    """(issue 27) The README introduced `--dataset cifar10_jpeg` without PIXELVIT_SHARED_DATA (only the error
+    named it), and gave `pixelvit predict` only with a download."""
+    import inspect
+
+    from pixelvit.assets import CIFAR10_MODEL
+    from pixelvit.data import locations
+
+    readme = (REPO / "README.md").read_text()
+    variable = re.search(r'os\.environ\.get\("(\w+)"\)', inspect.getsource(locations.shared_data_dir)).group(1)
+    paragraph = next(p for p in readme.split("\n\n") if "`--dataset cifar10_jpeg`" in p)
+    assert f"`{variable}`" in paragraph and "../shared/data" in paragraph
+    shipped = re.findall(r"pixelvit predict \S+ --checkpoint (\S+)", readme)
+    assert shipped and all((REPO / path).resolve() == CIFAR10_MODEL.resolve() for path in shipped), shipped
