@@ -9,7 +9,7 @@ factory (`layer_decay`), data config and feature extraction work on pixelvit mod
     forward_features(x)             (B, N+1, D) all tokens after the final norm, in the model's token order
     forward_head(x, pre_logits)     pool (class token, or the mean of the N patch tokens) -> dropout -> head
     forward_intermediates(x, ...)   each chosen block's patch tokens, as (B, D, H/p, W/p) images by default
-    num_classes / num_features / head_hidden_size, get_classifier(), reset_classifier(n, global_pool)
+    in_chans / num_classes / num_features / head_hidden_size, get_classifier(), reset_classifier(n, global_pool)
     feature_info, prune_intermediate_layers, no_weight_decay, group_matcher, set_grad_checkpointing
 
 A subclass names its block list and final norm (`blocks_attr`, `norm_attr`: Adventurer keeps the official
@@ -72,6 +72,11 @@ class PatchTokenModel(nn.Module):
     @property
     def final_norm(self) -> nn.Module:
         return getattr(self, self.norm_attr)
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels, as timm models have them (timm's tests check it equals pretrained_cfg's input_size[0])."""
+        return self.patch_embed.in_chans
 
     def _init_head(self, num_classes: int, global_pool: str, drop_rate: float) -> None:
         if global_pool not in GLOBAL_POOLS:
@@ -197,7 +202,7 @@ class PatchTokenModel(nn.Module):
         self.num_classes = num_classes
         reference = self.pos_embed
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.to(device=reference.device, dtype=reference.dtype)
+        self.head.to(device=reference.device, dtype=reference.dtype).train(self.training)  # as the model is
         self.config.num_classes = num_classes
 
     def no_weight_decay(self) -> set[str]:
