@@ -135,6 +135,18 @@ def test_notebook_is_committed_clean(notebook):
     assert not found, f"{notebook.name} ({checked}): {'; '.join(found)}\n{check_notebooks.FIX_HINT}"
 
 
+def test_start_here_lists_every_notebook_and_how_to_install_before_the_root_note():
+    """(issue 27) Its table of notebooks stopped at 07, and "or by hand: pip install ..." came after the
+    paragraph about running as root, away from the commands it is an alternative to."""
+    import re
+
+    cells = json.loads((NOTEBOOK_DIR / "00_start_here.ipynb").read_text())["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    listed = re.findall(r"^\| `(\d\d_\w+)` \|", text, flags=re.M)
+    assert listed == [p.stem for p in NOTEBOOKS if p.stem != "00_start_here"]
+    assert text.index("make setup") < text.index("or by hand: `pip install") < text.index("Running as root")
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_parameters_cell_has_smoke_flag(notebook):
     cells = json.loads(notebook.read_text())["cells"]
