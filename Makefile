@@ -23,16 +23,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,dev]"
 	touch $(STAMP)
 
+REPO_DIR := $(dir $(abspath $(firstword $(MAKEFILE_LIST))))
+
 # nbstripout as a git filter (declared in .gitattributes): git strips a notebook's outputs when staging it, so
 # what JupyterLab autosaves stays in your working copy and never reaches a commit. --keep-id keeps the cell ids
-# as committed (a filtered notebook is then byte for byte the committed one). Skipped outside a git clone.
+# as committed (a filtered notebook is then byte for byte the committed one); the metadata keys it strips beyond
+# nbstripout's defaults (papermill's, the kernel's language_info) are listed once, in tools/check_notebooks.py.
+# Skipped outside a git clone.
 setup: $(STAMP) git-filter
 
 git-filter:
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
 	  git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id' && \
 	  git config filter.nbstripout.smudge cat && \
-	  git config filter.nbstripout.extrakeys 'metadata.papermill cell.metadata.papermill' && \
+	  git config filter.nbstripout.extrakeys "$$("$(abspath $(PY))" "$(REPO_DIR)tools/check_notebooks.py" --git-filter-keys)" && \
 	  git config diff.ipynb.textconv '"$(abspath $(PY))" -m nbstripout --keep-id -t'; \
 	fi
 
@@ -43,7 +47,7 @@ costs: setup
 	$(VENV)/bin/pixelvit costs --model vit_tiny --img-size 224 --patch-sizes 16 8 4 2 1 --out outputs
 
 test: setup
-	$(VENV)/bin/ruff check pixelvit tests benchmarks assignments/make_assignments.py
+	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks assignments/make_assignments.py
 	$(PY) -m pytest
 
 bench: setup
@@ -55,7 +59,7 @@ assignments: setup
 	$(PY) assignments/make_assignments.py
 
 lint: setup
-	$(VENV)/bin/ruff check pixelvit tests benchmarks assignments/make_assignments.py
+	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks assignments/make_assignments.py
 
 constraints:
 	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints

@@ -176,16 +176,16 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
 
-def _repo_with_notebook(tmp_path: Path, git_filter: bool) -> tuple[Path, Path]:
-    """A new git repository holding .gitattributes and a committed copy of notebook 00, the git filter
-    configured by the Makefile's own `git-filter` target (with this Python) when `git_filter`."""
+def _repo_with_notebook(tmp_path: Path, git_filter: bool, source: Path = NOTEBOOKS[0]) -> tuple[Path, Path]:
+    """A new git repository holding .gitattributes and a committed copy of `source` (notebook 00), the git
+    filter configured by the Makefile's own `git-filter` target (with this Python) when `git_filter`."""
     if shutil.which("git") is None or (git_filter and shutil.which("make") is None):
         pytest.skip("needs git (and make)")
     repo = tmp_path / "repo"
     (repo / "notebooks").mkdir(parents=True)
     shutil.copy(REPO / ".gitattributes", repo / ".gitattributes")
-    notebook = repo / "notebooks" / NOTEBOOKS[0].name
-    shutil.copy(NOTEBOOKS[0], notebook)
+    notebook = repo / "notebooks" / source.name
+    shutil.copy(source, notebook)
     _git(repo, "init", "-q")
     _git(repo, "config", "user.email", "student@example.com")
     _git(repo, "config", "user.name", "student")
@@ -197,21 +197,36 @@ def _repo_with_notebook(tmp_path: Path, git_filter: bool) -> tuple[Path, Path]:
     return repo, notebook
 
 
+def kernel_language_info() -> dict:
+    """What the kernel writes into a notebook's metadata.language_info on every run (ipykernel's own)."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    return dict(IPythonKernel.language_info)  # name, version, mimetype, codemirror_mode, pygments_lexer, ...
+
+
 def _run_in_jupyterlab(notebook: Path) -> None:
-    """What JupyterLab's autosave leaves behind: outputs, execution counts, widget state (nbformat's layout)."""
+    """What JupyterLab's autosave leaves behind: outputs, execution counts, widget state, the kernel's
+    language_info (nbformat's layout)."""
     content = json.loads(notebook.read_text())
     for count, cell in enumerate((c for c in content["cells"] if c["cell_type"] == "code"), start=1):
         cell["execution_count"] = count
         cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": [f"output of cell {count}\n"]}]
     content["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    content["metadata"]["language_info"] = kernel_language_info()
     notebook.write_text(json.dumps(content, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def test_outputs_in_the_working_copy_never_reach_a_commit(tmp_path):
+STUDENT_NOTEBOOK = REPO / "assignments" / "01_patches_and_tokens" / "student" / "01_patches_and_tokens.ipynb"
+
+
+@pytest.mark.parametrize("source", [NOTEBOOKS[0], STUDENT_NOTEBOOK], ids=["notebook", "assignment"])
+def test_outputs_in_the_working_copy_never_reach_a_commit(tmp_path, source):
     """With the nbstripout filter set up by `make setup`, a notebook run in JupyterLab keeps its outputs in
-    the working copy, `git diff` is empty, the clean check passes and staging it leaves nothing to commit."""
+    the working copy, `git diff` is empty, the clean check passes and staging it leaves nothing to commit.
+    (issue 27: the kernel's metadata.language_info, its Python version and CodeMirror mode, was staged.)"""
     pytest.importorskip("nbstripout")
-    repo, notebook = _repo_with_notebook(tmp_path, git_filter=True)
+    pytest.importorskip("ipykernel")
+    repo, notebook = _repo_with_notebook(tmp_path, git_filter=True, source=source)
     _run_in_jupyterlab(notebook)
     assert "output of cell 1" in notebook.read_text()  # the student still sees the outputs
     assert check_notebooks.problems(notebook), "the working copy should have outputs"
@@ -221,8 +236,19 @@ def test_outputs_in_the_working_copy_never_reach_a_commit(tmp_path):
     _git(repo, "add", "notebooks")
     assert _git(repo, "status", "--porcelain") == ""  # nothing to commit
     staged = _git(repo, "show", f":notebooks/{notebook.name}")
-    assert "output of cell" not in staged and "widget-state" not in staged
-    assert staged == NOTEBOOKS[0].read_text()  # byte for byte the committed source
+    assert "output of cell" not in staged and "widget-state" not in staged and "codemirror_mode" not in staged
+    assert staged == source.read_text()  # byte for byte the committed source
+
+
+def test_the_git_filter_strips_what_the_check_refuses_and_every_key_the_kernel_writes(tmp_path):
+    """One list (tools/check_notebooks.py GIT_FILTER_EXTRA_KEYS) for both: the Makefile configures the filter
+    from it, and it covers everything the kernel writes into language_info but the language's name."""
+    pytest.importorskip("ipykernel")
+    repo, _ = _repo_with_notebook(tmp_path, git_filter=True)
+    configured = _git(repo, "config", "--get", "filter.nbstripout.extrakeys").split()
+    assert configured == list(check_notebooks.GIT_FILTER_EXTRA_KEYS)
+    written = {f"metadata.language_info.{key}" for key in kernel_language_info()} - {"metadata.language_info.name"}
+    assert written <= set(configured), written - set(configured)
 
 
 def test_without_the_filter_the_check_fails_and_says_how_to_fix_it(tmp_path, capsys):

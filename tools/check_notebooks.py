@@ -14,6 +14,7 @@ A committed notebook must have:
   * no outputs and no execution counts (the rendered results belong to a run, not to the source);
   * no widget state in its metadata (GitHub refuses to render notebooks whose `widgets` metadata lacks a
     state, and the state of a widget on the author's machine means nothing elsewhere);
+  * no kernel details in `metadata.language_info` beyond the language's name (LANGUAGE_INFO_STATE);
   * exactly one cell tagged `parameters` (papermill injects SMOKE=True and friends after it);
   * a size under 1 MB, and no code cell longer than MAX_CELL_LINES lines (small cells you can inspect).
 Only the standard library (and git, when present) is used, so this runs before anything is installed.
@@ -34,6 +35,15 @@ MAX_CELL_LINES = 30
 STATE_METADATA = ("widgets",)
 CELL_STATE_METADATA = ("execution", "papermill", "collapsed", "scrolled", "ExecuteTime")
 NOTEBOOK_STATE_METADATA = ("widgets", "papermill")
+# What a kernel writes into metadata.language_info on every run, beside the language's name: its Python version,
+# CodeMirror mode, lexer, ... A student who only ran a notebook would otherwise see it changed in `git diff`.
+LANGUAGE_INFO_STATE = ("codemirror_mode", "file_extension", "mimetype", "nbconvert_exporter", "pygments_lexer",
+                       "version")
+# What the nbstripout git filter strips beyond its defaults (which cover widgets, execution, collapsed,
+# scrolled, ExecuteTime): the Makefile's `git-filter` target reads this list (`--git-filter-keys`), so the
+# filter and this check cannot disagree.
+GIT_FILTER_EXTRA_KEYS = ("metadata.papermill", "cell.metadata.papermill",
+                         *(f"metadata.language_info.{key}" for key in LANGUAGE_INFO_STATE))
 REPO = Path(__file__).resolve().parents[1]
 FIX_HINT = ("fix: `make setup` (installs the nbstripout git filter, so outputs never reach a commit), "
             "or strip the file now: `python tools/check_notebooks.py --fix`")
@@ -118,6 +128,9 @@ def problems(path: Path, max_cell_lines: int = MAX_CELL_LINES, text: str | None 
     for key in NOTEBOOK_STATE_METADATA:
         if key in notebook.get("metadata", {}):
             found.append(f"notebook metadata has {key!r} (run state; strip it)")
+    for key in LANGUAGE_INFO_STATE:
+        if key in notebook.get("metadata", {}).get("language_info", {}):
+            found.append(f"notebook metadata.language_info has {key!r} (written by the kernel on every run; strip it)")
     parameter_cells = []
     for index, cell in enumerate(notebook.get("cells", [])):
         where = f"cell {index} ({cell.get('cell_type')})"
@@ -153,6 +166,8 @@ def strip(path: Path) -> bool:
     notebook = json.loads(text)
     for key in NOTEBOOK_STATE_METADATA:
         notebook.get("metadata", {}).pop(key, None)
+    for key in LANGUAGE_INFO_STATE:
+        notebook.get("metadata", {}).get("language_info", {}).pop(key, None)
     for cell in notebook.get("cells", []):
         metadata = cell.setdefault("metadata", {})
         for key in ("widgets", *CELL_STATE_METADATA):
@@ -177,7 +192,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", help="notebooks to check (default: notebooks/*.ipynb)")
     parser.add_argument("--fix", action="store_true", help="strip outputs and run state before checking")
+    parser.add_argument("--git-filter-keys", action="store_true",
+                        help="print the metadata keys the nbstripout git filter must strip (for the Makefile) and exit")
     args = parser.parse_args(argv)
+    if args.git_filter_keys:
+        print(" ".join(GIT_FILTER_EXTRA_KEYS))
+        return 0
     paths = notebook_paths(args.paths)
     if not paths:
         print("no notebooks found", file=sys.stderr)
