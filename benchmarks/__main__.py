@@ -8,6 +8,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import sys  # noqa: E402
 
+import pixelvit  # noqa: E402, F401  (before torch, as a user's process: pixelvit.runtime's settings take effect)
 from benchmarks.suite import main  # noqa: E402
 
 sys.exit(main())
