@@ -284,9 +284,11 @@ def test_damaged_files_give_a_short_clear_error(tmp_path, damage):
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_unknown_name_lists_what_exists():
-    with pytest.raises(CheckpointError, match="adventurer_base_patch1_224"):
+def test_unknown_name_suggests_the_closest_release():
+    with pytest.raises(CheckpointError, match=r"did you mean adventurer_large_patch16_224\?"):
         load_pretrained("adventurer_huge_patch1_1024")
+    with pytest.raises(CheckpointError, match=r"did you mean adventurer_tiny_patch1_64\?"):
+        load_pretrained("adventurer_tiny_patch1_6")
 
 
 # ---- the catalog -------------------------------------------------------------------------------
