@@ -1,8 +1,8 @@
 """Train one model at several patch sizes and plot accuracy against patch size and against compute.
 
-    pixelvit sweep                     # the default: specks, 16x16 images, patch 8 4 2 1 (~5 min on 2 CPU cores)
+    pixelvit sweep                     # the default: specks, 16x16 images, patch 8 4 2 1 (about 3 min on 2 CPU cores)
     pixelvit sweep --model vit_nano --dataset cifar10 --img-size 32 --patch-sizes 8 4 2 --steps 2000 \\
-                   --out results/cifar10_vit_nano
+                   --out runs/sweeps/my_cifar10_vit_nano
 
 Every grid point is an ordinary `pixelvit.train` run in its own hash-named folder under --runs-dir,
 so a stopped sweep resumes where it stopped and finished runs are reused by any later sweep with the
