@@ -39,7 +39,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes a C int: 2 GB, the largest; a free top below it stays in the heap
 
-# what configure() did, for describe(): None = not tried yet
+# what configure() did, for describe(); empty until configure() has run
 _state: dict[str, str] = {}
 
 
