@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from benchmarks.machine import median, spread
 
 TARGET_FRACTION, TARGET_SPEEDUP = 0.35, 1.5
+MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")  # the profile's matrix products
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
@@ -91,8 +92,10 @@ def profile_step(step, rows: int = 10) -> list[dict]:
         step()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
-             "calls": e.count} for e in events[:rows]]
+    ops = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+            "calls": e.count} for e in events[:rows]]
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total
+    return ops, matmul
 
 
 def run(cases, batch_size=64, img_size=32, threads=(1, 2), repeats=3, warmup=1, profile_case=None):
@@ -124,7 +127,8 @@ def run(cases, batch_size=64, img_size=32, threads=(1, 2), repeats=3, warmup=1, 
     if profile_case:
         name, patch_size = profile_case
         step, _ = make_step(name, patch_size, batch_size, img_size)
-        result["profile"] = {"model": name, "patch_size": patch_size, "ops": profile_step(step)}
+        ops, matmul_share = profile_step(step)
+        result["profile"] = {"model": name, "patch_size": patch_size, "ops": ops, "matmul_share": matmul_share}
     return result
 
 
@@ -132,7 +136,8 @@ def markdown(section: dict) -> list[str]:
     threads = section["threads"]
     header = ["model", "patch (tokens)", "variant"]
     for t in threads:
-        header += [f"{t} thr: img/s", f"{t} thr: GFLOP/s", f"{t} thr: of matmul", f"{t} thr: faults/step"]
+        header += [f"{t} thr: img/s", f"{t} thr: GFLOP/s", f"{t} thr: of matmul", f"{t} thr: faults/step",
+                   f"{t} thr: system s/step"]
     header += [f"{threads[-1]} vs {threads[0]} threads"] if len(threads) > 1 else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in section["rows"]:
@@ -140,7 +145,7 @@ def markdown(section: dict) -> list[str]:
         for t in threads:
             m = r[f"t{t}"]
             cells += [f"{m['img_per_s']:.1f}", f"{m['gflops']:.1f}", f"{m['fraction_of_matmul']:.2f}",
-                      f"{m['faults_per_step']:,.0f}"]
+                      f"{m['faults_per_step']:,.0f}", f"{m['system_s_per_step']:.2f}"]
         cells += [f"{r['speedup']:.2f}x"] if "speedup" in r else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Batch {section['batch_size']} of random {section['img_size']}x{section['img_size']} images; "
@@ -163,4 +168,23 @@ def markdown(section: dict) -> list[str]:
         lines += ["", f"Where the time goes: {p['model']} patch {p['patch_size']}, default path, 1 thread, one "
                   "step (torch.profiler, self CPU time):", "", "| op | self ms | share | calls |", "|---|---|---|---|"]
         lines += [f"| `{o['op']}` | {o['self_ms']:.0f} | {o['share']:.0%} | {o['calls']} |" for o in p["ops"]]
+        if "matmul_share" in p:
+            lines += ["", matmul_bound(section, p)]
     return lines
+
+
+def matmul_bound(section: dict, p: dict) -> str:
+    """What limits the step: the share of matmul ops, and the fraction reached if nothing else cost time."""
+    fraction = next((r[f"t{section['threads'][0]}"]["fraction_of_matmul"] for r in section["rows"]
+                     if (r["model"], r["patch_size"], r["variant"]) == (p["model"], p["patch_size"], "default")), None)
+    text = (f"Matrix products (`{'`, `'.join(MATMUL_OPS)}`) take {p['matmul_share']:.0%} of the profiled step; "
+            f"the other {1 - p['matmul_share']:.0%} is elementwise work, copies and reductions, each a pass over "
+            "memory at a few GFLOP/s.")
+    if fraction:
+        ceiling = fraction / p["matmul_share"]
+        cut = 1 - (fraction / TARGET_FRACTION - p["matmul_share"]) / (1 - p["matmul_share"])
+        text += (f" Even if all of that cost nothing, the step would run at about {ceiling:.2f} of the matmul rate "
+                 "(the products themselves run below the 1024^3 rate: small, chunk-sized batched products); ")
+        text += (f"the target {TARGET_FRACTION} needs the non-matmul time cut by about {cut:.0%}." if cut <= 1 else
+                 f"the target {TARGET_FRACTION} is out of reach by removing non-matmul time alone.")
+    return text

@@ -130,6 +130,7 @@ def check_results(out: Path, flag: str):
             assert m["faults_per_step"] >= 0 and m["system_s_per_step"] >= 0
         assert positive(row["speedup"])
     assert speed["profile"]["ops"] and all(0 < op["share"] <= 1 for op in speed["profile"]["ops"])
+    assert 0 < speed["profile"]["matmul_share"] < 1  # the matrix products' share of the profiled step
 
     markdown = (out / "results.md").read_text()
     assert results["command"] in markdown and machine["cpu_model"] in markdown
@@ -139,6 +140,7 @@ def check_results(out: Path, flag: str):
     assert "## 5. Full scale on CPU" in markdown and "| model | image | patch | tokens | GFLOP |" in markdown
     assert "## 6. Training memory" in markdown and "Adv/ViT" in markdown
     assert "## 7. Training throughput" in markdown and "1 thr: of matmul" in markdown and "Where the time goes" in markdown
+    assert "1 thr: system s/step" in markdown and "Matrix products (`aten::mm`" in markdown
 
 
 def test_tiny_run_writes_every_section(tmp_path):
