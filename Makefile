@@ -47,7 +47,7 @@ costs: setup
 	$(VENV)/bin/pixelvit costs --model vit_tiny --img-size 224 --patch-sizes 16 8 4 2 1 --out outputs
 
 test: setup
-	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks assignments/make_assignments.py
+	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks tools assignments/make_assignments.py
 	$(PY) -m pytest
 
 bench: setup
@@ -59,7 +59,7 @@ assignments: setup
 	$(PY) assignments/make_assignments.py
 
 lint: setup
-	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks assignments/make_assignments.py
+	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks tools assignments/make_assignments.py
 
 constraints:
 	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
