@@ -369,3 +369,22 @@ def test_data_root_env_var(monkeypatch, tmp_path):
     assert data_root(tmp_path / "y") == tmp_path / "y"
     monkeypatch.delenv("PIXELVIT_DATA")
     assert data_root() == Path(os.path.expanduser("~/.cache/pixelvit"))
+
+
+def test_classification_and_segmentation_splits_are_one_type(tmp_path):
+    """ImageArrays and SegmentationArrays share SplitArrays: len, img_size, num_classes, subset, the .npz cache."""
+    from pixelvit.data.arrays import SplitArrays, load_arrays, save_arrays
+    from pixelvit.data.segmentation import SegmentationArrays, load_segmentation_file, save_segmentation
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    labelled = ImageArrays(images, np.arange(5) % 2, ["a", "b"], "x")
+    masked = SegmentationArrays(images, np.zeros((5, 4, 4), np.uint8), ["a", "b"], "y")
+    for arrays in (labelled, masked):
+        assert isinstance(arrays, SplitArrays) and (len(arrays), arrays.img_size, arrays.num_classes) == (5, 4, 2)
+        first = arrays.subset(3)
+        assert type(first) is type(arrays) and len(first) == 3 and first.name == arrays.name
+        assert len(first.targets) == 3 and arrays.subset(None) is arrays
+    again = load_arrays(save_arrays(labelled, tmp_path / "l.npz"), "x")
+    assert again.labels.dtype == np.int64 and (again.labels == labelled.labels).all()
+    back = load_segmentation_file(save_segmentation(masked, tmp_path / "m.npz"), "y")
+    assert type(back) is SegmentationArrays and (back.masks == masked.masks).all() and back.classes == ["a", "b"]

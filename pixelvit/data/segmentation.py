@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixelvit.data.arrays import SplitArrays, check_images, load_arrays, save_arrays
 from pixelvit.data.specks import hsv_to_rgb
-from pixelvit.io import atomic_write
 
 SEGMENTATION_DATASETS = {
     "scribbles": "touching regions, 1-px strokes and 1-px dots of 6 classes; generated, no download (16 px)",
@@ -57,13 +57,14 @@ class SegmentationDataError(ValueError):
 
 
 @dataclass
-class SegmentationArrays:
-    """One split of a segmentation dataset.
+class SegmentationArrays(SplitArrays):
+    """One split of a segmentation dataset (len, img_size, num_classes, subset: pixelvit.data.arrays.SplitArrays).
 
     images: uint8 (N, H, W, 3), channels last as image files store them
     masks:  uint8 (N, H, W), the class index of every pixel (0 .. len(classes) - 1)
     """
 
+    TARGETS = "masks"
     images: np.ndarray
     masks: np.ndarray
     classes: list[str]
@@ -73,28 +74,10 @@ class SegmentationArrays:
         check_pairs(self.images, self.masks, len(self.classes))
         self.masks = self.masks.astype(np.uint8)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def img_size(self) -> int:
-        return self.images.shape[1]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def subset(self, count: int | None) -> SegmentationArrays:
-        """The first `count` samples (all when None); the generators store samples in random order."""
-        if count is None or count >= len(self):
-            return self
-        return SegmentationArrays(self.images[:count], self.masks[:count], self.classes, self.name)
-
 
 def check_pairs(images: np.ndarray, masks: np.ndarray, num_classes: int) -> None:
     """Raise SegmentationDataError, in one line naming the problem, unless every mask fits its image."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise SegmentationDataError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    check_images(images, SegmentationDataError)
     if masks.ndim != 3:
         raise SegmentationDataError(f"masks must be (N, H, W) class indices, got shape {masks.shape}")
     if masks.shape != images.shape[:3]:
@@ -110,15 +93,12 @@ def check_pairs(images: np.ndarray, masks: np.ndarray, num_classes: int) -> None
 
 
 def save_segmentation(arrays: SegmentationArrays, path) -> Path:
-    """Write `arrays` to a .npz atomically (a crash never leaves a truncated cache file)."""
-    with atomic_write(path) as handle:
-        np.savez(handle, images=arrays.images, masks=arrays.masks, classes=np.array(arrays.classes))
-    return Path(path)
+    """Write `arrays` to a .npz atomically (pixelvit.data.arrays.save_arrays: images, masks, classes)."""
+    return save_arrays(arrays, path)
 
 
 def load_segmentation_file(path, name: str = "") -> SegmentationArrays:
-    with np.load(path, allow_pickle=False) as data:  # no pickles: loading runs no code
-        return SegmentationArrays(data["images"], data["masks"], [str(c) for c in data["classes"]], name)
+    return load_arrays(path, name, kind=SegmentationArrays)
 
 
 # ---------------------------------------------------------------------------------------------
