@@ -18,9 +18,10 @@ Layers from the bottom, module names relative to `pixelvit.` (`x.*`: every modul
      8. pretrained weights: pretrained, assets, predict, explorer
      9. a run's description and folder: config, runs
     10. tasks: tasks, dense.task
-    11. the trainer: train
-    12. sweeps: sweep
-    13. the package root: __init__
+    11. which run a config names, and its options: run_id, train_args
+    12. the trainer: train
+    13. sweeps: sweep
+    14. the package root: __init__
 
 So the model code reads checkpoint files (timm's `pretrained=True`) through pixelvit.checkpoints below it,
 never through pixelvit.pretrained above it; and TrainConfig (pixelvit.config) sits below the tasks, which

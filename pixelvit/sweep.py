@@ -27,18 +27,14 @@ import time
 from pathlib import Path
 
 from pixelvit.cli import HelpFormatter, report_user_errors
+from pixelvit.config import NOT_HASHED, TrainConfig
 from pixelvit.costs import estimate
 from pixelvit.io import atomic_write, atomic_write_json, read_model_files
 from pixelvit.models import model_from_config
 from pixelvit.paper import imagenet_top1
-from pixelvit.train import (
-    NOT_HASHED,
-    TrainConfig,
-    check_config,
-    config_from_args,
-    recipe_arguments,
-    train,
-)
+from pixelvit.run_id import check_config
+from pixelvit.train import train
+from pixelvit.train_args import config_from_args, recipe_arguments
 
 # The default sweep: what `pixelvit sweep` with no arguments runs (and the README's main job).
 # vit_nano (64 wide x 4 deep) so that patch size 1 (257 tokens) trains in ~2 minutes on 2 CPU cores;

@@ -13,6 +13,8 @@ size the same number of training images.
 Where the pieces live:
 
     pixelvit.config       TrainConfig: every setting of a run, and which of them the run hash leaves out
+    pixelvit.run_id       check_config, config_hash, run_dir_of: whether a config can work, its hash, its folder
+    pixelvit.train_args   the options of `pixelvit train` (argparse) and the TrainConfig they give
     pixelvit.tasks        what is learned: data, model, loss, test metrics (classification; more can register)
     pixelvit.data         the datasets, the seeded order of every epoch's batches and the loaders
     pixelvit.runs         the run folder: run.json, metrics.jsonl, checkpoints, random state, result.json
@@ -45,10 +47,7 @@ Properties the tests check:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
-import json
 import math
 import sys
 import time
@@ -63,14 +62,13 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pixelvit.cli import HelpFormatter, UserError, report_user_errors
+from pixelvit.cli import UserError, report_user_errors
 from pixelvit.config import NOT_HASHED, TrainConfig
-from pixelvit.data import AUGMENTATIONS, EpochBatchSampler, EvalBatchSampler, make_loader
-from pixelvit.data.segmentation import SEGMENTATION_AUGMENTATIONS
+from pixelvit.data import EpochBatchSampler, EvalBatchSampler, make_loader
 from pixelvit.distributed import Processes, describe_device, replicas_in_sync, resolve_device
 from pixelvit.interrupt import StopRequests
 from pixelvit.io import NonFiniteWeights
-from pixelvit.patching import check_divisible
+from pixelvit.run_id import ConfigError, check_config, config_hash, model_spec_of, run_dir_of, run_img_size
 from pixelvit.runs import (
     MetricsLog,
     RunDirConflict,
@@ -87,113 +85,19 @@ from pixelvit.runs import (
     set_random_state,
     write_run_record,
 )
-from pixelvit.tasks import TASKS, ModelSpec, Task, TaskData, get_task, init_from_digest
+from pixelvit.tasks import Task, TaskData, get_task
+from pixelvit.train_args import build_parser, config_from_args, parse_model_args, recipe_arguments
 
+# Re-exported from where they live (pixelvit.config, .run_id, .runs, .train_args), so `from pixelvit.train import
+# TrainConfig, config_hash, ...` keeps working in notebooks and scripts.
 __all__ = ["NOT_HASHED", "ConfigError", "RunDirConflict", "RunResult", "Stage", "TrainConfig", "TrainingDiverged",
-           "check_config", "config_hash", "main", "model_spec_of", "run_dir_of", "train", "train_stages"]
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
-
-
-class ConfigError(UserError, ValueError):
-    """An argument that cannot work; raised before any data work, the message names the fix."""
-
+           "build_parser", "check_config", "config_from_args", "config_hash", "main", "model_spec_of",
+           "parse_model_args", "recipe_arguments", "run_dir_of", "run_img_size", "train", "train_stages"]
 
 class TrainingDiverged(UserError, RuntimeError):
     """The loss or the gradient norm became NaN or infinite; the run stopped before the bad update."""
 
     exit_code = 3
-
-
-def run_img_size(config: TrainConfig) -> int:
-    """--img-size, or the dataset's native size: the image size a run is named, hashed and loaded at."""
-    return config.img_size or get_task(config.task).native_img_size(config.dataset)
-
-
-def model_spec_of(config: TrainConfig) -> ModelSpec:
-    """The model `config` trains (its task's model_spec at the run's image size). It reads --init-from's
-    config.json: train() calls it once, in check_config, and passes the spec on."""
-    return get_task(config.task).model_spec(config, run_img_size(config))
-
-
-def check_config(config: TrainConfig, world_size: int = 1) -> ModelSpec:
-    """Raise ConfigError (one line: the problem and the fix) for any argument that cannot work; else
-    return the model the run trains (`model_spec_of`), resolved on the way."""
-    if config.task not in TASKS:
-        raise ConfigError(f"unknown task {config.task!r}: use one of {', '.join(TASKS)}")
-    rules = [
-        (config.steps >= 1, f"--steps {config.steps}: train for at least 1 step"),
-        (config.batch_size >= 1, f"--batch-size {config.batch_size}: use at least 1"),
-        (config.batch_size % world_size == 0,
-         f"--batch-size {config.batch_size} does not split over {world_size} processes: use a multiple of it"),
-        (config.train_samples is None or config.train_samples >= config.batch_size,
-         f"--train-samples {config.train_samples} is fewer than one batch of --batch-size {config.batch_size}: "
-         "lower --batch-size or raise --train-samples"),
-        (config.eval_samples is None or config.eval_samples >= 1, "--eval-samples: use at least 1"),
-        (config.lr > 0 and config.min_lr >= 0, "--lr must be > 0 and --min-lr >= 0"),
-        (config.warmup_steps is None or 0 <= config.warmup_steps <= config.steps,
-         f"--warmup-steps {config.warmup_steps}: use 0 to --steps ({config.steps})"),
-        (min(config.mixup, config.cutmix, config.clip_grad, config.weight_decay) >= 0,
-         "--mixup, --cutmix, --clip-grad and --weight-decay must be >= 0"),
-        (0 <= config.label_smoothing < 1 and 0 <= config.ema_decay < 1 and 0 <= config.drop_path < 1,
-         "--label-smoothing, --ema-decay and --drop-path must be in [0, 1)"),
-        (config.img_size is None or config.img_size >= 1, f"--img-size {config.img_size}: use at least 1"),
-        (config.extend >= 1 and config.upsample >= 1, "--extend and --upsample: use 1 (off) or more"),
-        (config.extend == 1 or config.init_from is None, "--extend starts a fresh model: drop --init-from"),
-    ]
-    problems = [message for ok, message in rules if not ok] + get_task(config.task).problems(config)
-    spec = None
-    if not problems:
-        try:
-            resolve_device(config.device)
-            spec = model_spec_of(config)  # ValueError: an unknown model or field; FileNotFoundError: init_from
-            check_divisible(run_img_size(config) * config.upsample, spec.patch_size)
-            if spec.patch_size % config.extend:
-                raise ValueError(f"--extend {config.extend} must divide the patch size {spec.patch_size}")
-        except (ValueError, FileNotFoundError) as error:
-            problems.append(str(error))
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return spec
-
-
-def config_hash(config: TrainConfig, device_type: str | None = None, world_size: int | None = None,
-                spec: ModelSpec | None = None) -> str:
-    """12 hex digits that stand for "these exact weights would come out" (see the module docstring).
-
-    `device_type` ("cpu" or "cuda") and `world_size` default to where this process would train; `spec`
-    (the run's model, from check_config) to `model_spec_of(config)`.
-    """
-    processes = Processes.from_env()
-    device_type = device_type or resolve_device(config.device, processes).type
-    arch, model, runtime, _ = spec or model_spec_of(config)
-    model = {k: v for k, v in model.items() if k != "num_classes"}  # the dataset decides it, and the dataset is hashed
-    fields = {k: v for k, v in dataclasses.asdict(config).items()
-              if k not in NOT_HASHED | {"model", "model_args", "img_size", "patch_size", "drop_path", "device"}}
-    for added_later in ("extend", "upsample"):  # hashed only when on, so runs made before they existed keep their hash
-        if fields[added_later] == 1:
-            del fields[added_later]
-    fields.update(
-        arch=arch, model_config=model, model_runtime=runtime, device_type=device_type, world_size=world_size or processes.world_size,
-        amp=config.amp and device_type == "cuda",  # autocast only runs on CUDA
-        init_from=init_from_digest(config.init_from) if config.init_from else None,
-    )
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def run_dir_of(config: TrainConfig, digest: str | None = None, spec: ModelSpec | None = None) -> Path:
-    """--out, or <runs_dir>/<model>-<dataset>-<size>px-p<patch>-<steps>steps-<hash>."""
-    if config.out:
-        return Path(config.out)
-    spec = spec or model_spec_of(config)
-    img_size, patch_size = run_img_size(config), spec.patch_size
-    # folder:<path> -> folder-<last folder name>: short enough for a progress bar (the hash tells runs apart)
-    kind, _, where = config.dataset.partition(":")
-    dataset = f"{kind}-{Path(where).name}" if where else kind
-    name = f"{config.model}-{dataset}-{img_size}px-p{patch_size}-{config.steps}steps-{digest or config_hash(config, spec=spec)}"
-    return Path(config.runs_dir) / name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,103 +477,8 @@ def train_stages(config: TrainConfig, stages: list[Stage], progress: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# Command line: `pixelvit train` and `torchrun -m pixelvit.train` (the options: pixelvit.train_args)
 # ---------------------------------------------------------------------------------------------
-
-
-def parse_value(text: str):
-    """'64' -> 64, '0.1' -> 0.1, 'true' -> True, anything else stays a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_model_args(items: list[str] | None) -> dict:
-    """["embed_dim=64", "depth=3"] -> {"embed_dim": 64, "depth": 3}."""
-    model_args = {}
-    for item in items or []:
-        key, equals, value = item.partition("=")
-        if not equals:
-            raise ConfigError(f"--model-arg {item!r}: write KEY=VALUE, e.g. --model-arg embed_dim=64")
-        model_args[key.replace("-", "_")] = parse_value(value)
-    return model_args
-
-
-def recipe_arguments() -> argparse.ArgumentParser:
-    """The options `pixelvit train` and `pixelvit sweep` share (an argparse parent parser)."""
-    d = TrainConfig()
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a model config field, e.g. --model-arg embed_dim=64 (repeatable)")
-    p.add_argument("--dataset", default=d.dataset, help="specks | cifar10 | cifar100 | cifar10_jpeg | folder:<path>")
-    p.add_argument("--task", default=d.task, help="what to learn: " + " | ".join(TASKS))
-    p.add_argument("--img-size", type=int, default=None, help="default: the dataset's native size")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (after warmup, then cosine)")
-    p.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of the steps")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="0 = hard labels")
-    p.add_argument("--mixup", type=float, default=d.mixup, help="Mixup alpha (0 = off)")
-    p.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0 = off)")
-    # No argparse `choices`: which names are valid depends on --task, and the task's check says so in one line
-    p.add_argument("--aug", dest="augmentation", default=None,
-                   help=f"classification: {' | '.join(AUGMENTATIONS)} (default: the dataset's; specks: none, others: "
-                        f"light); segmentation: {' | '.join(SEGMENTATION_AUGMENTATIONS)} (default: none)")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 = no EMA")
-    p.add_argument("--clip-grad", type=float, default=d.clip_grad, help="0 = no clipping")
-    p.add_argument("--drop-path", type=float, default=d.drop_path, help="stochastic depth rate of the last block")
-    p.add_argument("--extend", type=int, default=d.extend,
-                   help="interpolate the patch tokens this many times per side: the paper's 'extending' (1 = off)")
-    p.add_argument("--upsample", type=int, default=d.upsample,
-                   help="upsample the images this many times per side before the model (1 = off)")
-    p.add_argument("--train-samples", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--eval-samples", type=int, default=None, help="evaluate on the first N test images")
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:1 ...")
-    p.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="turn off bf16 autocast on CUDA (on by default; the CPU runs float32 either way)")
-    p.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute activations in backward: less memory, ~30%% slower")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--runs-dir", default=d.runs_dir, help="where run folders go")
-    p.add_argument("--data-root", default=None, help="dataset cache (default: $PIXELVIT_DATA or ~/.cache/pixelvit)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="0 = only at the end")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="save a checkpoint every N steps (also after each epoch, the last step and Ctrl-C)")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="log the training loss every N steps")
-    p.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers,
-                   help="DataLoader worker processes (0 is fastest for small images on 1-2 cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show the traceback of a user error")
-    return p
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="pixelvit train", description=__doc__.split("\n\n")[0],
-                                parents=[recipe_arguments()], formatter_class=HelpFormatter)
-    p.add_argument("--model", default=d.model, help="a name from pixelvit.models.list_models()")
-    p.add_argument("--patch-size", type=int, default=None, help="default: the model's")
-    p.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, the data order and augmentation")
-    p.add_argument("--stages", nargs="+", default=None, metavar="IMG:STEPS[:PATCH]",
-                   help="multi-stage training, e.g. --stages 16:200 32:100 (overrides --img-size/--steps)")
-    p.add_argument("--init-from", default=None, help="start from this model folder (resized if needed)")
-    p.add_argument("--out", default=None, help="run folder (default: <runs-dir>/<name>-<hash>)")
-    p.add_argument("--resume", action="store_true",
-                   help="resume from the run folder's last checkpoint (what happens anyway; see --restart)")
-    p.add_argument("--restart", action="store_true",
-                   help="delete the run folder's checkpoints and results and train from scratch "
-                        "(default: resume from the last checkpoint, or return the stored result)")
-    return p
-
-
-def config_from_args(args, **changes) -> TrainConfig:
-    """The TrainConfig fields among the parsed arguments, with --model-arg parsed, then `changes`."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    return TrainConfig(**{**values, "model_args": parse_model_args(args.model_arg), **changes})
 
 
 def print_result(result: RunResult):

@@ -495,6 +495,28 @@ def test_run_hash_keys_the_device_type_and_normalizes_the_model(data_root, tmp_p
     assert config_hash(replace(config, model_args={**MICRO, "mlp_ratio": 2.0})) != config_hash(config)
 
 
+def test_run_hash_and_folder_names_stay_what_they_were():
+    """A run's folder is named by its hash, so finished runs are found again only while identical configs
+    hash as they always have: these values were computed before config_hash moved to pixelvit.run_id."""
+    import pixelvit.run_id
+
+    default = TrainConfig()  # vit_micro on specks 16 px, patch 4, 300 steps
+    assert pixelvit.train.config_hash is pixelvit.run_id.config_hash  # the old import path still works
+    assert config_hash(default, "cpu", 1) == config_hash(TrainConfig(), "cpu", 1) == "571d8e65fc82"
+    assert (config_hash(default, "cuda", 1), config_hash(default, "cpu", 2)) == ("757ebee72749", "96b047dacdaa")
+    sweep_point = TrainConfig(model="vit_nano", dataset="specks", img_size=16, patch_size=2, steps=300)
+    assert run_dir_of(sweep_point, config_hash(sweep_point, "cpu", 1)) == \
+        Path("runs/vit_nano-specks-16px-p2-300steps-64d92aa72639")
+
+
+def test_train_help_description_is_the_module_docstring_s_first_line():
+    """`pixelvit train --help` shows pixelvit.train_args.DESCRIPTION: the trainer's own summary, kept equal."""
+    import pixelvit.train_args
+
+    assert pixelvit.train_args.DESCRIPTION == pixelvit.train.__doc__.split("\n\n")[0]
+    assert build_parser().description == pixelvit.train_args.DESCRIPTION
+
+
 def test_run_hash_keys_init_from_by_content_not_path(data_root, tmp_path):
     start = Path(train(tiny(data_root, tmp_path, steps=2), progress=False).run_dir) / "model"
     copy = tmp_path / "copy_of_model"
