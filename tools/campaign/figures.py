@@ -1,0 +1,94 @@
+"""The campaign's figures: sweep.png (top-1 vs patch size, and during training) and extend_vs_scale.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from campaign import jobs
+from campaign.rows import parse_epochs
+
+
+def plot_sweep(rows: list[dict], summary: list[dict], path: Path):
+    """Left: test top-1 vs tokens, mean +- sd over seeds (dots: single seeds). Right: top-1 after each epoch."""
+    from pixelvit.io import atomic_write, new_figure
+
+    figure = new_figure(figsize=(11, 4.2))
+    left, right = figure.subplots(1, 2)
+    colours = {jobs.MODELS["adventurer"]: "tab:blue", jobs.MODELS["vit"]: "tab:orange"}
+    for model, colour in colours.items():
+        cells = [r for r in summary if r["model"] == model and r["method"] == "scale"]
+        if not cells:
+            continue
+        tokens = [c["tokens"] for c in cells]
+        left.errorbar(tokens, [c["mean"] for c in cells], yerr=[c["sd"] or 0 for c in cells], marker="o",
+                      capsize=4, color=colour, label=f"{model} (mean +- sd)")
+        singles = [r for r in rows if r["model"] == model and r["method"] == "scale"]
+        left.scatter([int(r["tokens"]) for r in singles], [float(r["top1"]) for r in singles], s=12,
+                     color=colour, alpha=0.5)
+        for cell in cells:
+            left.annotate(f"p{cell['patch_size']} n={cell['n']}", (cell["tokens"], cell["mean"]),
+                          textcoords="offset points", xytext=(5, -12), fontsize=8, color=colour)
+        for patch in sorted({int(r["patch_size"]) for r in singles}, reverse=True):
+            curves = [parse_epochs(r["top1_by_epoch"]) for r in singles if int(r["patch_size"]) == patch]
+            epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if epochs:
+                means = [sum(c[e] for c in curves) / len(curves) for e in epochs]
+                right.plot(epochs, means, marker=".", color=colour, alpha=0.35 + 0.15 * (8 // patch).bit_length(),
+                           label=f"{model} p{patch}")
+    plain_log2(left)
+    left.set(xlabel="patch tokens per image (log scale)", ylabel="CIFAR-10 test top-1 (%)",
+             title="Smaller patches, same steps")
+    left.legend(fontsize=8)
+    if not right.get_legend_handles_labels()[0]:
+        right.text(0.5, 0.5, "no per-epoch evaluations yet", ha="center", transform=right.transAxes)
+    right.set(xlabel="epoch", ylabel="test top-1 (%)", title="During training (seed means)")
+    right.set_xticks(range(1, jobs.BUDGET.epochs + 1))
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7, ncol=2)
+    figure.suptitle(f"nano models (64 x 4) on CIFAR-10 at 32 x 32, {jobs.BUDGET.steps} steps of {jobs.BUDGET.batch} ({jobs.BUDGET.epochs} epochs), "
+                    "10,000 test images; measured here on CPU", fontsize=10)
+    figure.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+
+
+def plain_log2(axis):
+    """Log-2 x axis with plain numbers (16, 64, 256) instead of powers of two."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axis.set_xscale("log", base=2)
+    axis.xaxis.set_major_formatter(ScalarFormatter())
+    axis.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_extend_vs_scale(ablation: list[dict], path: Path):
+    """Ours (measured) beside the paper's Table 5 (as reported), top-1 against tokens by method."""
+    from pixelvit import paper
+    from pixelvit.io import atomic_write, new_figure
+
+    figure = new_figure(figsize=(11, 4.2))
+    ours, theirs = figure.subplots(1, 2)
+    styles = {"scale": ("tab:blue", "o", "-"), "extend": ("tab:red", "s", "--"), "upsample": ("tab:green", "^", ":")}
+    for method, (colour, marker, line) in styles.items():
+        cells = [r for r in ablation if r["method"] == method]
+        if cells:
+            ours.errorbar([c["tokens"] for c in cells], [c["mean"] for c in cells],
+                          yerr=[c["sd"] or 0 for c in cells], color=colour, marker=marker, linestyle=line,
+                          capsize=4, label=method)
+        for model in ("Adventurer-Base 224", "DeiT-Base 128"):
+            points = [r for r in paper.extend_vs_scale() if r["method"] == method and r["model"] == model]
+            if points:
+                theirs.plot([p["tokens"] for p in points], [p["top1"] for p in points], color=colour,
+                            marker=marker, linestyle=line, alpha=1.0 if model.startswith("Adv") else 0.5,
+                            label=f"{model}, {method}")
+    for axis in (ours, theirs):
+        plain_log2(axis)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    ours.set(xlabel="patch tokens per image", ylabel="CIFAR-10 test top-1 (%)",
+             title="adventurer_nano, CIFAR-10 32 px (measured here)\nextend: patch 8, token grid interpolated")
+    theirs.set(xlabel="tokens", ylabel="ImageNet-1k top-1 (%)",
+               title=f"Table 5, {paper.REPORTED}\n(not measured here)")
+    figure.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)

@@ -1,0 +1,130 @@
+"""`collect`: the CSVs, the figures and the generated README.md of results/cifar10_nano, from finished runs only."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from campaign import jobs
+from campaign.figures import plot_extend_vs_scale, plot_sweep
+from campaign.folders import committed_rows, pinned_commit, state
+from campaign.rows import (
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    extend_vs_scale_rows,
+    finished_row,
+    summarise,
+    write_csv,
+)
+
+
+def collect(_args=None) -> int:
+    committed = committed_rows()
+    queued = jobs.queue()
+    rows = [row for job in queued if (row := finished_row(job, committed)) is not None]
+    jobs.BUDGET.results.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows)
+    ablation = extend_vs_scale_rows(summary)
+    write_csv(rows, RUN_COLUMNS, jobs.BUDGET.results / "runs.csv")
+    write_csv(summary, SUMMARY_COLUMNS, jobs.BUDGET.results / "summary.csv")
+    write_csv(ablation, SUMMARY_COLUMNS, jobs.BUDGET.results / "extend_vs_scale.csv")
+    if rows:
+        plot_sweep(rows, summary, jobs.BUDGET.results / "sweep.png")
+    if ablation:  # only once an Adventurer run has finished
+        plot_extend_vs_scale(ablation, jobs.BUDGET.results / "extend_vs_scale.png")
+    (jobs.BUDGET.results / "README.md").write_text(report(queued, rows, summary, ablation, committed))
+    print(f"{len(rows)} of {len(queued)} runs finished -> {jobs.BUDGET.results}")
+    return 0
+
+
+def cell(summary: list[dict], model: str, method: str, tokens: int) -> dict | None:
+    return next((r for r in summary if r["model"] == model and r["method"] == method and r["tokens"] == tokens), None)
+
+
+def describe(c: dict) -> str:
+    spread = f" +- {c['sd']:.2f}" if c["sd"] != "" else ""
+    return f"{c['mean']:.2f}{spread} (n={c['n']})"
+
+
+def rise_verdicts(summary: list[dict]) -> list[str]:
+    """Adventurer, patch 8 -> 4 -> 2 -> 1: does the seed mean rise at every step, relative to the spread?"""
+    model, lines = jobs.MODELS["adventurer"], []
+    for coarse, fine in ((8, 4), (4, 2), (2, 1)):
+        a, b = (cell(summary, model, "scale", (jobs.IMG_SIZE // p) ** 2) for p in (coarse, fine))
+        if a is None or b is None:
+            lines.append(f"* patch {coarse} -> {fine}: pending (not every run has finished)")
+            continue
+        gap = b["mean"] - a["mean"]
+        sds = [c["sd"] for c in (a, b) if c["sd"] != ""]
+        spread = f"largest seed sd {max(sds):.2f}" if sds else "one seed each: no spread measured yet"
+        verdict = f"rises by {gap:+.2f} points" if gap > 0 else f"does NOT rise: falls by {-gap:.2f} points"
+        clear = ""
+        if sds:
+            clear = "; larger than the spread" if abs(gap) > max(sds) else "; within the spread"
+        lines.append(f"* patch {coarse} -> {fine}: {describe(a)} -> {describe(b)}: {verdict} ({spread}{clear})")
+    return lines
+
+
+def ablation_verdict(ablation: list[dict]) -> str:
+    baseline = (jobs.IMG_SIZE // 8) ** 2  # patch 8: the same runs under both names
+    both = sorted({r["tokens"] for r in ablation if r["method"] == "extend"} &
+                  {r["tokens"] for r in ablation if r["method"] == "scale"} - {baseline})
+    if not both:
+        return f"Pending: no token count above {baseline} has finished runs of both methods yet."
+    tokens = both[-1]
+    scale = next(r for r in ablation if r["method"] == "scale" and r["tokens"] == tokens)
+    extend = next(r for r in ablation if r["method"] == "extend" and r["tokens"] == tokens)
+    gap = scale["mean"] - extend["mean"]
+    verdict = "scaling beats extending" if gap > 0 else "scaling does NOT beat extending"
+    return (f"At {tokens} tokens, the largest count with finished runs of both: scale {describe(scale)} vs "
+            f"extend {describe(extend)}: {verdict} by {gap:+.2f} points.")
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+
+
+def report(queued: list[jobs.Job], rows: list[dict], summary: list[dict], ablation: list[dict], committed: dict) -> str:
+    finished = {r["name"] for r in rows}
+    lines = [
+        "# CIFAR-10 scaling campaign",
+        "",
+        "Written by `python tools/cifar_campaign.py collect`; do not edit by hand. Measured here, on CPU.",
+        "",
+        f"Budget, the same for every run: {jobs.BUDGET.steps} steps of {jobs.BUDGET.batch} images ({jobs.BUDGET.epochs} epochs of the 50,000 training "
+        f"images), AdamW lr {jobs.BUDGET.lr:g} (10 % warmup, cosine), label smoothing 0.1, crop + flip; `{jobs.DATASET}` at "
+        f"{jobs.IMG_SIZE} x {jobs.IMG_SIZE}; top-1 on all 10,000 test images, evaluated after every epoch. "
+        "Models: `adventurer_nano` and `vit_nano` (64 wide x 4 deep). Tokens are patch tokens (the class "
+        "token not counted). Mean and sample sd over seeds; n = number of seeds finished.",
+        "",
+        f"## Status: {len(finished)} of {len(queued)} runs finished (collected {time.strftime('%Y-%m-%d %H:%M %Z')})",
+        "",
+        "Only finished runs enter the tables below; nothing is reported for a run still in progress. "
+        "To continue the queue (skips finished runs, resumes the one in progress from its last checkpoint): "
+        "`python tools/cifar_campaign.py start`; then `plan` to watch it and `collect` to rewrite this folder. "
+        f"Runs live in `{jobs.BUDGET.runs_dir.as_posix().replace(str(Path.home()), '~')}`"
+        + (f"; the campaign's code is pinned at commit {pinned_commit()[:12]}." if pinned_commit() else "."),
+        "",
+        "| # | run | tokens | state |",
+        "|---|---|---|---|",
+    ]
+    for index, job in enumerate(queued, 1):
+        status, steps = state(job, committed)
+        text = {"done": "finished", "committed": "finished (earlier session)"}.get(
+            status, f"in progress: step {steps} of {jobs.BUDGET.steps}" if status == "partial" else "pending")
+        lines.append(f"| {index} | {job.name} | {job.tokens} | {text} |")
+    lines += ["", "## Top-1 (%) by model and patch size (summary.csv)", ""]
+    lines += markdown_table(summary, SUMMARY_COLUMNS) if summary else ["No run has finished yet."]
+    lines += ["", "### Does Adventurer rise at every step 8 -> 4 -> 2 -> 1?", ""] + rise_verdicts(summary)
+    lines += ["", "## Extending vs scaling (extend_vs_scale.csv)", "",
+              "`scale`: a smaller patch. `extend`: patch 8, its 4 x 4 token grid bilinearly interpolated 2x / 4x / 8x "
+              "per side (pixelvit.extend), so the sequence is as long as the scaled one and costs as much, but "
+              "no token carries detail finer than an 8 x 8 patch. The "
+              f"{(jobs.IMG_SIZE // 8) ** 2}-token row is the same patch-8 runs under both names. `upsample`: patch 8 on the "
+              "image upsampled 2x / 4x (bicubic); each token then covers the same original pixels as the scaled "
+              "patch 4 / 2, so it is expected to match `scale`, not `extend` (pixelvit.extend explains why).", ""]
+    lines += markdown_table(ablation, SUMMARY_COLUMNS) if ablation else ["No Adventurer run has finished yet."]
+    lines += ["", ablation_verdict(ablation), "", "Files: runs.csv (one row per finished run, with top-1 after "
+              "each epoch), summary.csv, extend_vs_scale.csv, sweep.png, extend_vs_scale.png, pilot.json.", ""]
+    return "\n".join(lines)
