@@ -138,7 +138,8 @@ def write_csv(rows: list[dict], path) -> Path:
 def plot(rows: list[dict], path, paper: bool = False):
     """Top-1 vs patch size and vs training compute, with a chance line; the paper's panel with `paper`.
 
-    The figure itself is pixelvit.viz.sweep_figure; this writes it as a PNG.
+    The figure is pixelvit.viz.sweep_figure, or pixelvit.dense.report.sweep_figure for a segmentation sweep;
+    both draw the measured panel with pixelvit.viz.metric_vs_patch. This writes it as a PNG.
     """
     from pixelvit.viz import sweep_figure
 

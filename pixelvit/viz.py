@@ -374,7 +374,7 @@ def growth_figure(lengths, series: dict, guides: dict | None = None, title: str 
 
 
 # ---------------------------------------------------------------------------------------------
-# the patch-size sweep (pixelvit.sweep writes it as sweep.png)
+# the patch-size sweep (pixelvit.sweep writes it as sweep.png; every sweep panel is metric_vs_patch)
 # ---------------------------------------------------------------------------------------------
 # classes per dataset, for the chance line (100 / classes %); other datasets get no line
 CLASS_COUNTS = {"specks": 8, "cifar10": 10, "cifar10_jpeg": 10, "cifar100": 100}
@@ -387,6 +387,45 @@ def _plain_log_ticks(axis) -> None:
     axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
+
+
+def patch_size_axis(ax, patch_sizes, tokens: dict | None = None, margin: float = 0.08) -> None:
+    """The x axis of every sweep panel: patch sizes on a log-2 scale, one tick each (with its token count
+    when `tokens` maps size -> count), smaller patches (more tokens) to the right."""
+    sizes = sorted(int(p) for p in set(patch_sizes))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [f"{p}\n({tokens[p]:,} tokens)" if tokens else str(p) for p in sizes])
+    ax.minorticks_off()
+    ax.invert_xaxis()
+    ax.margins(x=margin)
+
+
+def metric_vs_patch(ax, rows, metric: str = "top1", hue: str = "label", style: str | None = None,
+                    show_tokens: bool = True, **line_options) -> int:
+    """`metric` against patch size, one line per `hue` value (and a line style per `style` value): the mean
+    over seeds, with a +-1 sd band where a point has several. Returns the most seeds behind one point.
+
+    The panel every sweep figure is built on: sweep_figure below (`pixelvit sweep`),
+    pixelvit.dense.report.sweep_figure (mIoU) and tools/campaign (the CIFAR-10 campaign). rows: dicts (or a
+    DataFrame) with patch_size, `metric`, tokens and the `hue` column; numbers read from a CSV as text are
+    converted. line_options go to seaborn.lineplot (palette, dashes, legend, ...).
+    """
+    import pandas as pd
+    import seaborn as sns
+
+    frame = pd.DataFrame(rows)
+    for column in ("patch_size", metric, "tokens"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column])
+    seeds = int(frame.groupby([hue, "patch_size"] + ([style] if style else [])).size().max())
+    sns.lineplot(frame, x="patch_size", y=metric, hue=hue, style=style, marker="o",
+                 errorbar="sd" if seeds > 1 else None, ax=ax, **line_options)
+    sizes = sorted(frame["patch_size"].unique())
+    tokens = {int(p): int(frame[frame.patch_size == p].tokens.iloc[0]) for p in sizes} \
+        if show_tokens and "tokens" in frame else None
+    patch_size_axis(ax, sizes, tokens)
+    ax.set_xlabel("patch size (pixels per side)")
+    return seeds
 
 
 def sweep_figure(rows: list[dict], reference: list[dict] | None = None):
@@ -405,8 +444,6 @@ def sweep_figure(rows: list[dict], reference: list[dict] | None = None):
     for column in ("patch_size", "top1", "train_tflops", "tokens", "img_size", "steps"):
         frame[column] = pd.to_numeric(frame[column])
     frame["label"] = frame["model"] + ", " + frame["dataset"] + " " + frame["img_size"].astype(int).astype(str) + " px"
-    seeds = int(frame.groupby(["label", "patch_size"]).size().max())
-    errorbar = "sd" if seeds > 1 else None
     with sns.axes_style("whitegrid"):
         figure = new_figure(figsize=(11, 7.8 if reference else 4.6), layout="constrained")
         if reference:  # the paper's panel below the measured ones: each panel half the page wide, not a third
@@ -416,15 +453,9 @@ def sweep_figure(rows: list[dict], reference: list[dict] | None = None):
     chance = {100 / CLASS_COUNTS[d] for d in frame["dataset"] if d in CLASS_COUNTS}
 
     ax = axes["patch"]
-    sns.lineplot(frame, x="patch_size", y="top1", hue="label", marker="o", errorbar=errorbar, ax=ax)
-    ax.set_xscale("log", base=2)
-    sizes = sorted(frame["patch_size"].unique())
-    tokens = {p: int(frame[frame.patch_size == p].tokens.iloc[0]) for p in sizes}
-    ax.set_xticks(sizes, [f"{int(p)}\n({tokens[p]:,} tokens)" for p in sizes])
-    ax.minorticks_off()
-    ax.invert_xaxis()  # smaller patches (more tokens) to the right
-    ax.margins(x=0.08)
-    ax.set(xlabel="patch size (pixels per side)", ylabel="test top-1 (%)", title="Accuracy vs patch size")
+    seeds = metric_vs_patch(ax, frame, "top1", hue="label")
+    errorbar = "sd" if seeds > 1 else None
+    ax.set(ylabel="test top-1 (%)", title="Accuracy vs patch size")
 
     ax = axes["compute"]
     sns.lineplot(frame, x="train_tflops", y="top1", hue="label", marker="o", errorbar=errorbar, ax=ax, legend=False)
@@ -449,12 +480,7 @@ def sweep_figure(rows: list[dict], reference: list[dict] | None = None):
         ax = axes["paper"]
         paper = pd.DataFrame(reference)
         sns.lineplot(paper, x="patch_size", y="top1", hue="model", marker="s", linestyle="--", ax=ax)
-        ax.set_xscale("log", base=2)
-        ticks = sorted(paper["patch_size"].unique())
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.invert_xaxis()
-        ax.margins(x=0.05)
+        patch_size_axis(ax, paper["patch_size"].unique(), margin=0.05)
         ax.set(xlabel="patch size (pixels per side), 224 x 224 images", ylabel="ImageNet-1k top-1 (%)",
                title="The paper (Wang et al. 2025): as reported by the authors, not measured here")
         ax.legend(title=None, fontsize=9)

@@ -124,3 +124,38 @@ def test_explorer_figure():
     view = explorer.compute_view("astronaut", 16, "vit_tiny", img_size=64)
     figure = explorer.view_figure(view)
     assert figure_problems(figure) == []
+
+
+def test_every_sweep_figure_draws_its_measured_panel_with_one_function(monkeypatch):
+    """`pixelvit sweep` (viz.sweep_figure), segmentation sweeps (pixelvit.dense.report.sweep_figure) and the
+    CIFAR-10 campaign (tools/campaign/figures.py) draw metric vs patch size with viz.metric_vs_patch, so the
+    three share one patch-size axis (log 2, token counts under the sizes, smaller patches to the right)."""
+    import csv
+
+    from pixelvit.dense import report
+
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    from campaign import figures, rows
+
+    calls = []
+    original = viz.metric_vs_patch
+
+    def spy(ax, data, metric="top1", **options):
+        calls.append(metric)
+        return original(ax, data, metric, **options)
+
+    monkeypatch.setattr(viz, "metric_vs_patch", spy)
+    monkeypatch.setattr(report, "metric_vs_patch", spy)
+    dense = json.loads((REPO / "results" / "dense_scribbles" / "sweep.json").read_text())["rows"]
+    with open(REPO / "results" / "cifar10_nano" / "runs.csv") as handle:
+        runs = list(csv.DictReader(handle))
+    summary = rows.summarise(runs)
+    drawn = [viz.sweep_figure(_rows((0, 1))), report.sweep_figure(dense, paper=True),
+             figures.sweep_figure(runs, summary), figures.extend_vs_scale_figure(rows.extend_vs_scale_rows(summary))]
+    assert calls == ["top1", "miou", "top1"]
+    for figure in drawn:
+        assert figure_problems(figure) == []
+    for figure in drawn[:3]:
+        patch_axis = figure.axes[0]
+        assert patch_axis.xaxis_inverted() and patch_axis.get_xscale() == "log"
+        assert any("tokens" in label.get_text() for label in patch_axis.get_xticklabels())

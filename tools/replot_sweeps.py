@@ -3,7 +3,7 @@
     python tools/replot_sweeps.py results/specks_default
     python tools/replot_sweeps.py --paper results/specks_3seeds results/cifar10_*   # with the paper's panel
 
-Use it after a change to the figure (pixelvit.viz.sweep_figure), so every committed copy shows the same.
+Use it after a change to the figure (pixelvit.viz.sweep_figure, .metric_vs_patch), so every committed copy shows the same.
 """
 
 from __future__ import annotations

@@ -5,14 +5,16 @@
     sweep_figure(rows, paper)    (1) mIoU vs patch size per backbone and head, (2) the decoder's lead,
                                  (3) with paper=True, the paper's Table 2 (ADE20k, as reported)
 
-`pixelvit sweep --task segmentation` draws sweep_figure into its sweep.png.
+`pixelvit sweep --task segmentation` draws sweep_figure into its sweep.png; its mIoU panel is the panel every
+sweep figure is built on, pixelvit.viz.metric_vs_patch.
 """
 
 from __future__ import annotations
 
 from pixelvit.dense.model import parse_name
+from pixelvit.viz import metric_vs_patch, patch_size_axis
 
-HEAD_STYLES = {"decoder": "-", "linear": "--", "pixelshuffle": ":"}
+HEAD_DASHES = {"decoder": "", "linear": (4, 1.5), "pixelshuffle": (1, 1)}  # solid, dashed, dotted (seaborn dashes)
 BACKBONE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
 
@@ -64,11 +66,8 @@ def format_leads(rows: list[dict]) -> str:
 
 
 def _patch_axis(ax, patches):
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(patches, [str(p) for p in patches])
-    ax.minorticks_off()
-    ax.invert_xaxis()  # smaller patches (more tokens) to the right, as in every pixelvit sweep figure
-    ax.margins(x=0.08)
+    """pixelvit.viz's patch-size axis (log 2, smaller patches to the right), with a light grid."""
+    patch_size_axis(ax, patches)
     ax.grid(True, alpha=0.3)
 
 
@@ -113,14 +112,17 @@ def sweep_figure(rows: list[dict], paper: bool = False):
         axes = [panels["measured"], panels["lead"], panels["paper"]]
     else:
         axes = figure.subplots(1, 2)
-    ax = axes[0]
-    for (backbone, head), by_patch in sorted(found.items()):
-        xs = sorted(by_patch, reverse=True)
-        ax.plot(xs, [by_patch[p] for p in xs], HEAD_STYLES.get(head, "-."), marker="o", color=colors[backbone],
-                label=f"{backbone}, {head}")
-    _patch_axis(ax, patches)
-    ax.set(xlabel="patch size (pixels per side)", ylabel="test mIoU (%)",
-           title=f"Measured: {dataset} {size} px, mIoU vs patch size")
+    ax = axes[0]  # the panel every sweep figure shares (pixelvit.viz.metric_vs_patch), in mIoU
+    measured = []
+    for row in rows:
+        if _number(row.get("miou")) is not None:
+            backbone, head = parse_name(row["model"])
+            measured.append({**row, "backbone": backbone, "head": head})
+    heads = sorted({r["head"] for r in measured})
+    metric_vs_patch(ax, measured, "miou", hue="backbone", style="head", palette=colors, hue_order=backbones,
+                    style_order=heads, dashes={head: HEAD_DASHES.get(head, (3, 1, 1, 1)) for head in heads})
+    ax.grid(True, alpha=0.3)
+    ax.set(ylabel="test mIoU (%)", title=f"Measured: {dataset} {size} px, mIoU vs patch size")
     ax.legend(fontsize=8)
 
     ax = axes[1]

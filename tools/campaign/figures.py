@@ -9,25 +9,41 @@ from campaign.rows import parse_epochs
 
 
 def plot_sweep(rows: list[dict], summary: list[dict], path: Path):
-    """Left: test top-1 vs tokens, mean +- sd over seeds (dots: single seeds). Right: top-1 after each epoch."""
-    from pixelvit.io import atomic_write, new_figure
+    """sweep.png: sweep_figure, written as a PNG."""
+    save_png(sweep_figure(rows, summary), path)
+
+
+def plot_extend_vs_scale(ablation: list[dict], path: Path):
+    """extend_vs_scale.png: extend_vs_scale_figure, written as a PNG."""
+    save_png(extend_vs_scale_figure(ablation), path)
+
+
+def save_png(figure, path: Path):
+    from pixelvit.io import atomic_write
+
+    with atomic_write(path, "wb") as handle:  # a killed collect never leaves half a PNG
+        figure.savefig(handle, format="png", dpi=110)
+
+
+def sweep_figure(rows: list[dict], summary: list[dict]):
+    """Left: test top-1 vs patch size, mean and +-1 sd band over seeds (pixelvit.viz.metric_vs_patch, the panel
+    of every sweep figure; dots: single seeds, n: seeds finished). Right: top-1 after each epoch."""
+    from pixelvit.io import new_figure
+    from pixelvit.viz import metric_vs_patch
 
     figure = new_figure(figsize=(11, 4.2))
     left, right = figure.subplots(1, 2)
     colours = {jobs.MODELS["adventurer"]: "tab:blue", jobs.MODELS["vit"]: "tab:orange"}
+    scaled = [r for r in rows if r["method"] == "scale"]
+    metric_vs_patch(left, scaled, "top1", hue="model", palette=colours,
+                    hue_order=[m for m in colours if any(r["model"] == m for r in scaled)])
     for model, colour in colours.items():
-        cells = [r for r in summary if r["model"] == model and r["method"] == "scale"]
-        if not cells:
-            continue
-        tokens = [c["tokens"] for c in cells]
-        left.errorbar(tokens, [c["mean"] for c in cells], yerr=[c["sd"] or 0 for c in cells], marker="o",
-                      capsize=4, color=colour, label=f"{model} (mean +- sd)")
-        singles = [r for r in rows if r["model"] == model and r["method"] == "scale"]
-        left.scatter([int(r["tokens"]) for r in singles], [float(r["top1"]) for r in singles], s=12,
+        singles = [r for r in scaled if r["model"] == model]
+        left.scatter([int(r["patch_size"]) for r in singles], [float(r["top1"]) for r in singles], s=12,
                      color=colour, alpha=0.5)
-        for cell in cells:
-            left.annotate(f"p{cell['patch_size']} n={cell['n']}", (cell["tokens"], cell["mean"]),
-                          textcoords="offset points", xytext=(5, -12), fontsize=8, color=colour)
+        for cell in (c for c in summary if c["model"] == model and c["method"] == "scale"):
+            left.annotate(f"n={cell['n']}", (cell["patch_size"], cell["mean"]), textcoords="offset points",
+                          xytext=(5, -12), fontsize=8, color=colour)
         for patch in sorted({int(r["patch_size"]) for r in singles}, reverse=True):
             curves = [parse_epochs(r["top1_by_epoch"]) for r in singles if int(r["patch_size"]) == patch]
             epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -35,9 +51,7 @@ def plot_sweep(rows: list[dict], summary: list[dict], path: Path):
                 means = [sum(c[e] for c in curves) / len(curves) for e in epochs]
                 right.plot(epochs, means, marker=".", color=colour, alpha=0.35 + 0.15 * (8 // patch).bit_length(),
                            label=f"{model} p{patch}")
-    plain_log2(left)
-    left.set(xlabel="patch tokens per image (log scale)", ylabel="CIFAR-10 test top-1 (%)",
-             title="Smaller patches, same steps")
+    left.set(ylabel="CIFAR-10 test top-1 (%)", title="Smaller patches, same steps (mean +- sd over seeds)")
     left.legend(fontsize=8)
     if not right.get_legend_handles_labels()[0]:
         right.text(0.5, 0.5, "no per-epoch evaluations yet", ha="center", transform=right.transAxes)
@@ -48,8 +62,7 @@ def plot_sweep(rows: list[dict], summary: list[dict], path: Path):
     figure.suptitle(f"nano models (64 x 4) on CIFAR-10 at 32 x 32, {jobs.BUDGET.steps} steps of {jobs.BUDGET.batch} ({jobs.BUDGET.epochs} epochs), "
                     "10,000 test images; measured here on CPU", fontsize=10)
     figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
+    return figure
 
 
 def plain_log2(axis):
@@ -61,10 +74,10 @@ def plain_log2(axis):
     axis.xaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_extend_vs_scale(ablation: list[dict], path: Path):
+def extend_vs_scale_figure(ablation: list[dict]):
     """Ours (measured) beside the paper's Table 5 (as reported), top-1 against tokens by method."""
     from pixelvit import paper
-    from pixelvit.io import atomic_write, new_figure
+    from pixelvit.io import new_figure
 
     figure = new_figure(figsize=(11, 4.2))
     ours, theirs = figure.subplots(1, 2)
@@ -90,5 +103,4 @@ def plot_extend_vs_scale(ablation: list[dict], path: Path):
     theirs.set(xlabel="tokens", ylabel="ImageNet-1k top-1 (%)",
                title=f"Table 5, {paper.REPORTED}\n(not measured here)")
     figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
+    return figure
