@@ -3,7 +3,8 @@
 The `pixelvit` command itself (reading the subcommand, usage, did-you-mean) is pixelvit_cli.py, beside
 this package, so that `pixelvit --help` does not import torch (its docstring says why);
 `python -m pixelvit.cli` runs the same command. Each subcommand lives in its own module with a
-`main(argv) -> int` (pixelvit.costs, .train, .sweep, .predict).
+`main(argv) -> int` (pixelvit.costs, .train, .sweep, .predict); the options `pixelvit train` and
+`pixelvit sweep` share are pixelvit.train_args.
 
 A mistake in the command line, or in the files it names, is a `UserError`: `report_user_errors`
 prints it as one line (`pixelvit train: error: ...`) and returns a non-zero exit code, without a
