@@ -4,8 +4,8 @@
     digest = config_hash(config)           # 12 hex digits: "these exact weights would come out"
     folder = run_dir_of(config, digest)    # runs/<model>-<dataset>-<size>px-p<patch>-<steps>steps-<hash>
 
-pixelvit.train.train calls all three before any data work; pixelvit.sweep and tools/cifar_campaign.py call
-them to find a run's folder without training. The hash covers every field that changes the weights
+pixelvit.train.train calls all three before any data work; pixelvit.sweep checks every config of a sweep
+before the first trains, and tools/cifar_campaign.py hashes its jobs to find their folders. The hash covers every field that changes the weights
 (pixelvit.config.NOT_HASHED lists the others), with the model's config filled in, the device type, the
 number of processes and the content (not the path) of --init-from. A run's folder name is its identity:
 change what goes into the hash and every finished run is trained again (tests/test_train.py pins some).

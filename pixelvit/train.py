@@ -94,6 +94,7 @@ __all__ = ["NOT_HASHED", "ConfigError", "RunDirConflict", "RunResult", "Stage", 
            "build_parser", "check_config", "config_from_args", "config_hash", "main", "model_spec_of",
            "parse_model_args", "recipe_arguments", "run_dir_of", "run_img_size", "train", "train_stages"]
 
+
 class TrainingDiverged(UserError, RuntimeError):
     """The loss or the gradient norm became NaN or infinite; the run stopped before the bad update."""
 
