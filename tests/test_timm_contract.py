@@ -7,6 +7,7 @@ under a minute on a CPU; the pretrained cfgs are checked at the names' real size
 import argparse
 import dataclasses
 import json
+import re
 
 import pytest
 import timm
@@ -48,6 +49,40 @@ def test_every_name_is_registered_and_no_timm_name_is_shadowed():
     for renamed in ("vit_tiny", "vit_small", "vit_base", "vit_large"):  # timm's families vit_tiny_patch16_224 ...
         assert timm.list_models(f"{renamed}_*") and not timm.is_model(renamed)
         assert TIMM_NAMES[renamed] == f"pixelvit_{renamed}"
+
+
+def test_every_entry_point_is_a_plain_function_a_reader_can_grep():
+    """timm_registry.py spells out `@register_model def <name>(pretrained=False, **kwargs)` for every name, and
+    timm's registry holds those very functions. (Before: made in a loop through globals()[...], so grepping
+    for `def adventurer_tiny` found nothing.)"""
+    from pixelvit.models import timm_registry
+
+    source = open(timm_registry.__file__).read()
+    assert "globals()" not in source and source.count("@register_model\n") == len(MODELS)
+    for name, timm_name in TIMM_NAMES.items():
+        assert f"@register_model\ndef {timm_name}(pretrained=False, **kwargs):\n" in source, timm_name
+        function = getattr(timm_registry, timm_name)
+        assert timm.models.model_entrypoint(timm_name) is function and function.__name__ == timm_name
+        assert f'return _build("{name}", pretrained, **kwargs)' in source
+
+
+def test_the_names_table_of_pixelvit_models_maps_real_names():
+    """The table in pixelvit.models' docstring: each row's pixelvit name and timm name are what the code maps."""
+    import pixelvit.models
+    from pixelvit.models.registry import pretrained_tag
+
+    rows = {}
+    for line in pixelvit.models.__doc__.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())  # kind | pixelvit | timm | mapping
+        if len(cells) == 4:
+            rows[cells[0]] = cells[1:3]
+    assert rows["a model"] == ["adventurer_tiny_patch1", "adventurer_tiny_patch1"]
+    assert TIMM_NAMES["adventurer_tiny_patch1"] == "adventurer_tiny_patch1"
+    pixelvit_name, timm_name = rows["a paper-sized ViT"]
+    assert TIMM_NAMES[pixelvit_name] == timm_name and timm.is_model(timm_name)
+    catalog_name, tag = rows["a released checkpoint"]
+    assert pretrained_tag(CATALOG[catalog_name]) == tag and tag in timm.list_pretrained()
+    assert load_pretrained.__module__ == "pixelvit.pretrained"  # which takes both (tests/test_pretrained.py)
 
 
 @pytest.mark.parametrize("name", NAMES)

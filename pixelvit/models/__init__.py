@@ -16,8 +16,27 @@ the weights, part of a run's identity. Run-time settings (RUNTIME_ARGS: the scan
 gradient checkpointing, pooling, head dropout, device, dtype) change how the model runs, never what it
 computes, and are never saved. Anything else is a TypeError, as in timm.
 
-`import pixelvit` registers these models with timm (pixelvit.models.timm_registry), so
-`timm.create_model("adventurer_nano")` works too.
+Names. Four kinds, each with users (notebooks, assignments, the README, timm's own API), so all four stay;
+this is how they map:
+
+    kind                    pixelvit (create_model)     timm (timm.create_model)         mapping
+    a model                 adventurer_tiny_patch1      adventurer_tiny_patch1           the same name
+    a paper-sized ViT       vit_tiny                    pixelvit_vit_tiny                registry.TIMM_NAMES
+    a released checkpoint   adventurer_tiny_patch1_64   adventurer_tiny_patch1.in1k_64   registry.pretrained_tag
+
+* Models: 21 names (MODELS in registry.py). Every one is the same in timm except vit_tiny, vit_small, vit_base
+  and vit_large, which timm knows as pixelvit_vit_tiny & co.: timm has its own vit_tiny_patch16_224 & co. (the
+  same architecture), and a bare vit_tiny among them would read as one of timm's. adventurer_<size> is
+  adventurer_<size>_patch16, the official name (patch 16 is the default), and the official names spell out
+  the patch: adventurer_tiny_patch1 is every pixel a token.
+* Released checkpoints (pixelvit.catalog): the catalog name is the file's name, <model>_<input size>
+  (adventurer_tiny_patch1_64.pth); pixelvit.load_pretrained and `pixelvit predict --model` take it. timm
+  spells the same file as a pretrained tag, <model>.in1k_<input size>; load_pretrained takes that too.
+  create_model(name, pretrained=True) loads the name's default tag (its largest input).
+
+`import pixelvit` registers these models with timm: timm_registry.py holds one plain entry point per name,
+`def adventurer_tiny_patch1(pretrained=False, **kwargs)` decorated with timm's register_model, so a reader who
+greps for a name finds its function, and `timm.create_model("adventurer_nano")` works too.
 
 Inside, bottom to top: layers.py and mamba2.py (building blocks), base.py (what timm expects of a model),
 vit.py and adventurer.py (the two architectures), registry.py (names, configs, create_model: the MODELS table

@@ -6,9 +6,11 @@
     timm.list_pretrained("adventurer*")                                       # all 17 releases
     timm.create_model("vit_nano", features_only=True, out_indices=(1, 3))     # per-block feature maps
 
-Every pixelvit name is registered under the same name, except the four paper-sized ViTs: timm's own
-`vit_tiny_patch16_224` & co. are the same architecture (same parameter names), and a bare `vit_tiny`
-next to them would invite confusion, so timm reaches pixelvit's class as `pixelvit_vit_tiny`, ... (TIMM_NAMES).
+One entry point per pixelvit name, written out below (`def adventurer_nano(pretrained=False, **kwargs)`),
+each under the same name, except the four paper-sized ViTs: timm's own `vit_tiny_patch16_224` & co. are the
+same architecture (same parameter names), and a bare `vit_tiny` next to them would invite confusion, so timm
+reaches pixelvit's class as `pixelvit_vit_tiny`, ... (TIMM_NAMES; pixelvit.models' docstring has the table
+of all the names).
 
 Each model's `pretrained_cfg` says how to feed it (input size, mean/std, crop, interpolation) in the keys
 timm's `resolve_data_config` reads; `fixed_input_size` is True because the position embedding has one
@@ -60,28 +62,157 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _entrypoint(name: str):
-    def build(pretrained: bool = False, **kwargs):
-        def model_cls(img_size=None, **model_kwargs):
-            if isinstance(img_size, (tuple, list)) and len(set(img_size)) == 1:
-                img_size = img_size[0]  # timm passes input_size[-2:]; keep the config's plain int for squares
-            return create_model(name, img_size=img_size, **model_kwargs)
+def _build(name: str, pretrained: bool = False, **kwargs):
+    """What every entry point below does: timm's build_model_with_cfg around pixelvit's create_model(name)."""
 
-        out_indices = kwargs.pop("out_indices", get_config(name).depth)  # features_only: every block by default
-        model = build_model_with_cfg(
-            model_cls, TIMM_NAMES[name], pretrained,
-            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
-        )
-        # the cfg describes the name's default size; this instance may have been built at another one
-        patch_embed = getattr(model, "model", model).patch_embed  # (features_only wraps the model)
-        model.pretrained_cfg["input_size"] = (patch_embed.in_chans, *patch_embed.img_size)
-        return model
+    def model_cls(img_size=None, **model_kwargs):
+        if isinstance(img_size, (tuple, list)) and len(set(img_size)) == 1:
+            img_size = img_size[0]  # timm passes input_size[-2:]; keep the config's plain int for squares
+        return create_model(name, img_size=img_size, **model_kwargs)
 
-    build.__name__ = build.__qualname__ = TIMM_NAMES[name]  # timm registers a function under its __name__
-    build.__module__ = __name__
-    build.__doc__ = f"pixelvit's {name}: {MODELS[name][1]}"
-    return build
+    out_indices = kwargs.pop("out_indices", get_config(name).depth)  # features_only: every block by default
+    model = build_model_with_cfg(
+        model_cls, TIMM_NAMES[name], pretrained,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
+    )
+    # the cfg describes the name's default size; this instance may have been built at another one
+    patch_embed = getattr(model, "model", model).patch_embed  # (features_only wraps the model)
+    model.pretrained_cfg["input_size"] = (patch_embed.in_chans, *patch_embed.img_size)
+    return model
 
 
-for _name in MODELS:
-    globals()[TIMM_NAMES[_name]] = register_model(_entrypoint(_name))
+# ---------------------------------------------------------------------------------------------
+# The entry points: one per name of pixelvit.models.registry.MODELS (tests/test_timm_contract.py checks
+# that none is missing and that timm's registry holds these very functions)
+# ---------------------------------------------------------------------------------------------
+
+
+# CPU-sized, 32x32 CIFAR-10 images (MODELS in pixelvit.models.registry has the sizes and why)
+@register_model
+def vit_nano(pretrained=False, **kwargs):
+    """ViT 64 wide x 4 deep, 4 heads; 32x32 images, patch 4, 10 classes."""
+    return _build("vit_nano", pretrained, **kwargs)
+
+
+@register_model
+def vit_micro(pretrained=False, **kwargs):
+    """ViT 128 wide x 6 deep, 4 heads; 32x32 images, patch 4, 10 classes."""
+    return _build("vit_micro", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_nano(pretrained=False, **kwargs):
+    """Adventurer 64 wide x 4 deep; 32x32 images, patch 4, 10 classes."""
+    return _build("adventurer_nano", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_micro(pretrained=False, **kwargs):
+    """Adventurer 128 wide x 6 deep; 32x32 images, patch 4, 10 classes."""
+    return _build("adventurer_micro", pretrained, **kwargs)
+
+
+# the paper's ViTs (DeiT sizes, 224x224, patch 16 by default): `pixelvit_` + the pixelvit name, beside timm's own vit_*
+@register_model
+def pixelvit_vit_tiny(pretrained=False, **kwargs):
+    """pixelvit's vit_tiny: ViT 192 wide x 12 deep, 3 heads; 224x224 images, patch 16, 1000 classes."""
+    return _build("vit_tiny", pretrained, **kwargs)
+
+
+@register_model
+def pixelvit_vit_small(pretrained=False, **kwargs):
+    """pixelvit's vit_small: ViT 384 wide x 12 deep, 6 heads; 224x224 images, patch 16, 1000 classes."""
+    return _build("vit_small", pretrained, **kwargs)
+
+
+@register_model
+def pixelvit_vit_base(pretrained=False, **kwargs):
+    """pixelvit's vit_base: ViT 768 wide x 12 deep, 12 heads; 224x224 images, patch 16, 1000 classes."""
+    return _build("vit_base", pretrained, **kwargs)
+
+
+@register_model
+def pixelvit_vit_large(pretrained=False, **kwargs):
+    """pixelvit's vit_large: ViT 1024 wide x 24 deep, 16 heads; 224x224 images, patch 16, 1000 classes."""
+    return _build("vit_large", pretrained, **kwargs)
+
+
+# the paper's Adventurers at patch 16 by default (224x224)
+@register_model
+def adventurer_tiny(pretrained=False, **kwargs):
+    """Adventurer 256 wide x 12 deep; 224x224 images, patch 16, 1000 classes."""
+    return _build("adventurer_tiny", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_small(pretrained=False, **kwargs):
+    """Adventurer 512 wide x 12 deep; 224x224 images, patch 16, 1000 classes."""
+    return _build("adventurer_small", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_base(pretrained=False, **kwargs):
+    """Adventurer 768 wide x 12 deep; 224x224 images, patch 16, 1000 classes."""
+    return _build("adventurer_base", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_large(pretrained=False, **kwargs):
+    """Adventurer 1024 wide x 24 deep; 224x224 images, patch 16, 1000 classes."""
+    return _build("adventurer_large", pretrained, **kwargs)
+
+
+# the official names (wangf3014/Adventurer, wangf3014/Patch_Scaling): patch in the name; those with released
+# weights have pretrained tags (.in1k_<input size>, from pixelvit.catalog)
+@register_model
+def adventurer_tiny_patch16(pretrained=False, **kwargs):
+    """Adventurer 256 wide x 12 deep; 224x224 images, patch 16, 1000 classes."""
+    return _build("adventurer_tiny_patch16", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_tiny_patch1(pretrained=False, **kwargs):
+    """Adventurer 256 wide x 12 deep; 224x224 images, patch 1, 1000 classes."""
+    return _build("adventurer_tiny_patch1", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_small_patch16(pretrained=False, **kwargs):
+    """Adventurer 512 wide x 12 deep; 224x224 images, patch 16, 1000 classes."""
+    return _build("adventurer_small_patch16", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_small_patch1(pretrained=False, **kwargs):
+    """Adventurer 512 wide x 12 deep; 224x224 images, patch 1, 1000 classes."""
+    return _build("adventurer_small_patch1", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_base_patch16(pretrained=False, **kwargs):
+    """Adventurer 768 wide x 12 deep; 224x224 images, patch 16, 1000 classes."""
+    return _build("adventurer_base_patch16", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_base_patch1(pretrained=False, **kwargs):
+    """Adventurer 768 wide x 12 deep; 224x224 images, patch 1, 1000 classes."""
+    return _build("adventurer_base_patch1", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_large_patch16(pretrained=False, **kwargs):
+    """Adventurer 1024 wide x 24 deep; 224x224 images, patch 16, 1000 classes."""
+    return _build("adventurer_large_patch16", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_large_patch1(pretrained=False, **kwargs):
+    """Adventurer 1024 wide x 24 deep; 224x224 images, patch 1, 1000 classes."""
+    return _build("adventurer_large_patch1", pretrained, **kwargs)
+
+
+@register_model
+def adventurer_base_patch8(pretrained=False, **kwargs):
+    """Adventurer 768 wide x 12 deep; 224x224 images, patch 8, 1000 classes."""
+    return _build("adventurer_base_patch8", pretrained, **kwargs)
