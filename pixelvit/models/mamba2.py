@@ -18,7 +18,12 @@ has its own scalar decay A_h and step dt_t,h, and all heads of a group share B_t
 This is the forward of mamba-ssm's `Mamba2` (`mamba_ssm/modules/mamba2.py`) with its defaults as used
 by the official Adventurer code (`mamba_custom.py`: rmsnorm=True, norm_before_gate=False, no in/out
 projection bias, conv bias, D per head, no dt limit). Parameter names and shapes are the same
-(in_proj, conv1d, dt_bias, A_log, D, norm, out_proj) so official checkpoints load with strict=True.
+(in_proj, conv1d, dt_bias, A_log, D, norm, out_proj). What is verified, and how:
+tests/test_official_checkpoint_format.py re-creates the official module tree (models_mamba.py,
+mamba_custom.py, mamba-ssm's RMSNorms: names, nesting and shapes, no forward); the state dict nn.Module
+generates from it loads into pixelvit's model with strict=True for every official model name, and through
+pixelvit.load_pretrained as an official-format training checkpoint. No released file is loaded by the
+tests (notebook 06 loads one where there is network).
 The fused CUDA path of mamba-ssm computes the same thing in one kernel; here every step is visible.
 """
 
