@@ -6,6 +6,7 @@ Everything runs on CPU in well under a minute. The tests marked `gpu` compare th
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -704,3 +705,91 @@ def test_streamed_blocks_share_their_rows_with_the_batch():
     assert MixerStream(mixer, torch.zeros(1, 5, 16)).block_length(2048) == 2048
     assert MixerStream(mixer, torch.zeros(4, 5, 16)).block_length(2048) == 512
     assert MixerStream(mixer, torch.zeros(256, 5, 16)).block_length(2048) == 16
+
+
+# ---------------------------------------------------------------------------------------------------
+# a kernel that imports but raises when it runs; what describe_backends says runs
+# ---------------------------------------------------------------------------------------------------
+
+RAISING_KERNEL = """
+CALLS = []
+
+def mamba_chunk_scan_combined(*args, **kwargs):
+    CALLS.append(1)
+    raise RuntimeError("triton: no kernel image is available for execution on the device\\nsecond line")
+"""
+
+
+def test_a_kernel_that_raises_at_run_time_falls_back_once_with_one_warning(fake_cuda, tmp_path, monkeypatch):
+    """mamba-ssm imports (a fake one here) but its kernel raises: ssd_scan(backend="auto") warns once, in one
+    line, computes the reference's answer, and later calls never try the kernel again; a forced backend
+    raises and names the way out. (Before: the kernel's error reached the caller, with no fallback.)"""
+    _install_fake_package(tmp_path, monkeypatch, "mamba_ssm", RAISING_KERNEL)
+    monkeypatch.setattr(ssd, "_FAILED_AT_RUN_TIME", {}, raising=False)
+    real_select = ssd.select_backend  # CPU tensors stand in for CUDA ones: dispatch as if they were on CUDA
+    monkeypatch.setattr(ssd, "select_backend", lambda device, requested="auto": real_select("cuda", requested))
+    assert real_select("cuda", "auto") == "mamba_ssm"
+    x, dt, A, B, C, D, _ = make_inputs()
+    with pytest.raises(RuntimeError, match="raised at run time.*backend='reference'"):
+        ssd_scan(x, dt, A, B, C, chunk_size=8, D=D, backend="mamba_ssm")
+    with pytest.warns(RuntimeWarning) as caught:
+        y = ssd_scan(x, dt, A, B, C, chunk_size=8, D=D)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "\n" not in message and "mamba_ssm SSD kernel raised at run time" in message
+    assert "no kernel image" in message and "second line" not in message and "reference scan" in message
+    assert rel_err(y, ssd_sequential(x, dt, A, B, C, D=D)) < 1e-12
+    calls = sys.modules["fake_mamba_ssm"].CALLS
+    tried = len(calls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would fail here
+        ssd_scan(x, dt, A, B, C, chunk_size=8, D=D)
+    assert len(calls) == tried  # not tried again
+    assert real_select("cuda", "auto") != "mamba_ssm" and "mamba_ssm" not in available_backends()
+    assert "raised at run time: RuntimeError: triton: no kernel image" in describe_backends()
+
+
+def test_out_of_memory_in_a_kernel_is_not_a_fallback(fake_cuda, tmp_path, monkeypatch):
+    """The reference would need more memory than the kernel: an OOM is the caller's (a batch-size search)."""
+    _install_fake_package(tmp_path, monkeypatch, "mamba_ssm", "import torch\n"
+                          "def mamba_chunk_scan_combined(*a, **k):\n    raise torch.cuda.OutOfMemoryError('out of memory')\n")
+    monkeypatch.setattr(ssd, "_FAILED_AT_RUN_TIME", {}, raising=False)
+    real_select = ssd.select_backend
+    monkeypatch.setattr(ssd, "select_backend", lambda device, requested="auto": real_select("cuda", requested))
+    x, dt, A, B, C, D, _ = make_inputs()
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        ssd_scan(x, dt, A, B, C, chunk_size=8, D=D)
+    assert not ssd._FAILED_AT_RUN_TIME
+
+
+def test_describe_backends_names_the_scans_a_model_runs(monkeypatch):
+    """describe_backends() says which functions run in a model on CPU, for training and for inference, and
+    the chunk length: recorded here by wrapping every scan of pixelvit.ops.ssd (where the mixer looks them
+    up too) while a small Adventurer predicts and takes a training step. (Before: it said ssd_streaming runs
+    at inference, which no model calls, and gave no chunk length.)"""
+    import re
+
+    from pixelvit.models import create_model
+    from pixelvit.ops import mixer as mixer_module
+
+    calls = []
+    names = ("ssd_chunked", "ssd_fast", "ssd_streaming", "ssd_trainable", "ssd_sequential")
+    for module in (ssd, mixer_module):
+        for name in names:
+            if hasattr(module, name):
+                real = getattr(module, name)
+                monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    model = create_model("adventurer_nano", img_size=8, patch_size=2)
+    images = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model.eval()(images)
+    inference, calls[:] = set(calls), []
+    model.train()(images).square().mean().backward()
+    training = set(calls)
+
+    text = describe_backends()
+    runs = re.search(r"Runs in a model: training: (.+?); inference: (.+?); chunk (\d+) on CPU", text)
+    assert runs, text
+    assert set(re.findall(r"ssd_\w+", runs[1])) == training == {"ssd_fast", "ssd_trainable"}
+    assert set(re.findall(r"ssd_\w+", runs[2])) == inference == {"ssd_fast"}
+    assert int(runs[3]) == ssd.CPU_CHUNK_SIZE == ssd.default_chunk_size("cpu")

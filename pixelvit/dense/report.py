@@ -123,7 +123,7 @@ def sweep_figure(rows: list[dict], paper: bool = False):
                     style_order=heads, dashes={head: HEAD_DASHES.get(head, (3, 1, 1, 1)) for head in heads})
     ax.grid(True, alpha=0.3)
     ax.set(ylabel="test mIoU (%)", title=f"Measured: {dataset} {size} px, mIoU vs patch size")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, handlelength=3.5)  # long enough to tell the heads' dashes apart
 
     ax = axes[1]
     for backbone in backbones:

@@ -20,9 +20,14 @@ Several ways to compute the same y, all with mamba_chunk_scan_combined's argumen
                      decays folded into the matmuls); `ssd_streaming` runs it block by block without
                      gradients, so a 50,000-token scan never holds more than one block's temporaries.
 * `ssd_scan`       - dispatcher: mamba-ssm's Triton kernel or flash-linear-attention's kernel when the
-                     tensors are on CUDA and the package imports; otherwise `ssd_trainable` when gradients
-                     are needed (pixelvit.ops.ssd_autograd: ssd_chunked with a hand-derived backward) and
-                     `ssd_streaming` when not.
+                     tensors are on CUDA and the package imports (a kernel that raises at run time is
+                     dropped, with one warning, and the reference takes over); otherwise `ssd_trainable`
+                     when gradients are needed (pixelvit.ops.ssd_autograd: ssd_chunked with a
+                     hand-derived backward) and `ssd_streaming` when not.
+
+What a model runs on the reference backend (`describe_backends()` says it too): inference, `ssd_fast` on
+the 1,024-token blocks pixelvit.ops.mixer streams; training, the same forward and then `ssd_trainable`
+in the backward's recompute. `ssd_chunked` and `ssd_sequential` are what those are tested against.
 
 Shapes (letters as in the Mamba-2 paper and ssd_minimal.py):
     b batch, L length, h nheads, p headdim, g ngroups (h % g == 0), n d_state,
@@ -38,9 +43,11 @@ Shapes (letters as in the Mamba-2 paper and ssd_minimal.py):
     y  (b, L, h, p)
 """
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import warnings
 from functools import cache
 
 import torch
@@ -51,11 +58,14 @@ from pixelvit import runtime
 from pixelvit.ops.ssd_autograd import ssd_trainable
 from pixelvit.ops.ssd_shapes import check_shapes as _check_shapes
 
-# Chunk size recommended for `ssd_chunked` on CPU. Per token, step 1 costs ~Q*(p + n) and steps 2-4 cost
-# ~p*n whatever Q, so small chunks do fewer FLOPs; too small and the python loop of step 3 (L/Q steps)
-# and tiny matmuls take over. `python -m benchmarks` sweeps it (benchmarks/results/results.md, section 2,
-# "Chunk size sweep"): on 2 shared EPYC cores 32 and 64 were fastest, 256 about twice as slow.
-# GPU kernels use 256.
+# The chunk length of the scans that run on CPU (ssd_fast for inference, ssd_trainable for training). Per token,
+# step 1 of the chunked algorithm costs ~Q*(p + n) and steps 2-4 ~p*n whatever Q, so small chunks do fewer
+# FLOPs; too small and the loop of step 3 (L/Q steps) and tiny matmuls take over. The evidence is section 2 of
+# `python -m benchmarks` (benchmarks/results/results.md, "Chunk length sweep"): both scans at chunk 32, 64 and
+# 128, at 65, 257 and 1,025 tokens (adventurer_nano on CIFAR-10) and 50,178 (224x224 at patch 1), and the best
+# chunk overall. A first run of that sweep on one shared EPYC thread (benchmarks.bench_ssd.chunk_sweep, December
+# 2026, noisy): 128 the slowest at every length; 32 ahead at 65 and 257 tokens, 64 ahead at 1,025, the two
+# within 3 % at 50,178. 64 stays the default until a clean run of the committed sweep says otherwise.
 CPU_CHUNK_SIZE = 64
 GPU_CHUNK_SIZE = 256  # mamba-ssm's kernel default
 
@@ -369,18 +379,33 @@ def _load_kernel(name):
         return None, f"import {module} failed: {type(e).__name__}: {e}"
 
 
+# backend -> why its kernel raised when it ran (ssd_scan's fallback): from then on it is not used
+_FAILED_AT_RUN_TIME: dict[str, str] = {}
+
+
+def _usable_kernel(name):
+    """(function, None), or (None, why not): a failed import, or a kernel that raised when it ran."""
+    if name in _FAILED_AT_RUN_TIME:
+        return None, f"raised at run time: {_FAILED_AT_RUN_TIME[name]}"
+    return _load_kernel(name)
+
+
 def available_backends():
     """The backends usable on this machine, reference first: e.g. ["reference"] or ["reference", "mamba_ssm", "fla"]."""
-    return ["reference"] + [name for name in _KERNELS if _load_kernel(name)[0] is not None]
+    return ["reference"] + [name for name in _KERNELS if _usable_kernel(name)[0] is not None]
 
 
 def describe_backends():
-    """A human-readable report: which backend `ssd_scan(backend="auto")` uses, and why not the others."""
+    """A human-readable report: which backend `ssd_scan(backend="auto")` uses, why not the others, and which
+    functions of this module run in a model on the reference backend, at which chunk length."""
     lines = ["SSD scan backends (auto: mamba_ssm, then fla, for CUDA tensors; reference otherwise):",
-             "  reference  available: plain PyTorch, any device; what runs: ssd_trainable (pixelvit.ops.ssd_autograd,"
-             " ssd_chunked differentiated by hand) when training, ssd_streaming (ssd_fast in blocks) otherwise"]
+             "  reference  available: plain PyTorch, any device. Runs in a model: training: ssd_fast forward,"
+             " streamed without a graph, then ssd_trainable (its backward written by hand) in the backward's"
+             " recompute; inference: ssd_fast, on 1,024-token blocks (pixelvit.ops.mixer); chunk"
+             f" {CPU_CHUNK_SIZE} on CPU (the sweep in benchmarks/results/results.md, section 2), {GPU_CHUNK_SIZE}"
+             " on CUDA. Tested against ssd_chunked (readable) and ssd_sequential (the definition)."]
     for name, (module, attr, _, hint) in _KERNELS.items():
-        fn, why = _load_kernel(name)
+        fn, why = _usable_kernel(name)
         if fn is not None:
             lines.append(f"  {name:<10} available: {module}.{attr}")
         else:
@@ -403,7 +428,7 @@ def select_backend(device, requested="auto"):
     if requested == "auto":
         if device.type == "cuda":
             for name in _KERNELS:
-                if _load_kernel(name)[0] is not None:
+                if _usable_kernel(name)[0] is not None:
                     return name
         return "reference"
     # a kernel was forced
@@ -411,7 +436,7 @@ def select_backend(device, requested="auto"):
     if device.type != "cuda":
         raise ValueError(f"SSD backend {requested!r} needs CUDA tensors, got device {device}. "
                          f"On this device use 'reference' (or 'auto'). Install for GPUs: {hint}")
-    fn, why = _load_kernel(requested)
+    fn, why = _usable_kernel(requested)
     if fn is None:
         raise ValueError(f"SSD backend {requested!r} is unavailable: {why}. Install: {hint}. "
                          f"Available here: {available_backends()}")
@@ -454,13 +479,43 @@ def ssd_scan(x, dt, A, B, C, chunk_size=None, D=None, backend="auto"):
     GPUs. The "reference" backend is plain PyTorch: `ssd_trainable` when gradients are needed (its backward
     written by hand), `ssd_streaming` (`ssd_fast` in blocks, little memory) when not; all are tested equal to
     `ssd_chunked`, the readable one.
+
+    A kernel that imports but raises when it runs (a triton or CUDA mismatch, an unsupported shape) is not
+    an answer: under backend="auto" the reference computes this call and every later one, after one
+    warning line; a forced backend raises, naming backend="reference". Running out of GPU memory is
+    raised as it is (the reference would need more).
     """
     chunk_size = chunk_size or default_chunk_size(x.device)
     name = select_backend(x.device, backend)
-    if name == "mamba_ssm":
-        return _ssd_mamba_ssm(x, dt, A, B, C, chunk_size, D)
-    if name == "fla":
-        return _ssd_fla(x, dt, A, B, C, D)
-    if _needs_grad(x, dt, A, B, C, D):  # training: the hand-differentiated scan (pixelvit.ops.ssd_autograd)
-        return ssd_trainable(x, dt, A, B, C, chunk_size=chunk_size, D=D)
-    return ssd_streaming(x, dt, A, B, C, chunk_size=chunk_size, D=D)
+    if name != "reference":
+        try:
+            if name == "mamba_ssm":
+                return _ssd_mamba_ssm(x, dt, A, B, C, chunk_size, D)
+            return _ssd_fla(x, dt, A, B, C, D)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure of a third-party kernel: fall back or say so
+            why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:300]
+            if backend != "auto":
+                raise RuntimeError(f"the {name} SSD kernel raised at run time ({why}); pass backend='reference' "
+                                   "(or 'auto', which falls back) to use pixelvit's scan") from error
+            _FAILED_AT_RUN_TIME[name] = why
+            warnings.warn(f"pixelvit: the {name} SSD kernel raised at run time ({why}); using the reference scan "
+                          "from now on (pixelvit.ops.ssd.describe_backends())", RuntimeWarning, stacklevel=2)
+    # Under autocast the reference computes in float32 (half inputs are cast up inside, as the kernels do): an
+    # autocast matmul would round the scan to bf16, and the training scan's backward, which runs outside
+    # autocast, would meet its bf16 saved states with float32 gradients ("expected m1 and m2 to have the
+    # same dtype"; tests/test_gpu_benchmark.py found it: a bf16 training step).
+    with _autocast_off(x.device.type):
+        if _needs_grad(x, dt, A, B, C, D):  # training: the hand-differentiated scan (pixelvit.ops.ssd_autograd)
+            return ssd_trainable(x, dt, A, B, C, chunk_size=chunk_size, D=D)
+        return ssd_streaming(x, dt, A, B, C, chunk_size=chunk_size, D=D)
+
+
+def _autocast_off(device_type: str):
+    """A context without autocast on `device_type` (a no-op where autocast is off or unsupported)."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # an older torch or a device type without autocast
+        on = torch.is_autocast_enabled()
+    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
