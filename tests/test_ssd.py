@@ -793,3 +793,22 @@ def test_describe_backends_names_the_scans_a_model_runs(monkeypatch):
     assert set(re.findall(r"ssd_\w+", runs[1])) == training == {"ssd_fast", "ssd_trainable"}
     assert set(re.findall(r"ssd_\w+", runs[2])) == inference == {"ssd_fast"}
     assert int(runs[3]) == ssd.CPU_CHUNK_SIZE == ssd.default_chunk_size("cpu")
+
+
+def test_a_bf16_autocast_training_step_runs_on_the_reference_scan():
+    """Under autocast the reference scan computes in float32. (Before: autocast ran the training scan's forward
+    matmuls in bf16, and its backward, which runs outside autocast, failed with "expected m1 and m2 to have the
+    same dtype": any bf16-autocast training step of Adventurer on the reference backend.)"""
+    from pixelvit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("adventurer_nano", img_size=8, patch_size=2).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(torch.randn(2, 3, 8, 8)).float().square().mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+    x, dt, A, B, C, D, _ = (t.float() for t in make_inputs())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ssd_scan(x, dt, A, B, C, chunk_size=8, D=D)
+    assert y.dtype == torch.float32 and rel_err(y, ssd_sequential(x, dt, A, B, C, D=D)) < 1e-5
