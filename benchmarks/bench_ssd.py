@@ -1,4 +1,4 @@
-"""Benchmark the chunked SSD scan against the step-by-step loop on CPU: forward + backward, and memory.
+"""Benchmark the SSD scans the models run on CPU against the step-by-step loop: time, memory, chunk length.
 
     python benchmarks/bench_ssd.py [--lengths 256 1024 4096] [--repeats 5] [--threads 2]
                                    [--out benchmarks/results/quick/ssd_cpu.json]
@@ -7,14 +7,30 @@ The committed figures come from `python -m benchmarks` (benchmarks/results/resul
 which reuses this file's timing; this script alone is for exploring and writes to the git-ignored
 benchmarks/results/quick/ by default, so that no second copy of the same figure is committed.
 
+What runs in Adventurer on a CPU (pixelvit.models.mamba2, pixelvit.ops.mixer), and so what is timed here:
+  * training  - `ssd_scan` with gradients required, which is `ssd_trainable` (pixelvit.ops.ssd_autograd: the
+                chunked scan with a hand-derived backward): the memory-lean mixer's backward re-runs the
+                readable forward, and that forward calls it. Timed as forward + backward.
+  * inference - `ssd_fast` on blocks of BLOCK_TOKENS (1,024) tokens, the state passed from block to block:
+                the calls MixerStream (pixelvit.ops.mixer) makes, which is also the forward of a training
+                step (the memory-lean mixer's forward is the stream). Timed as a forward without gradients.
+  * sequential - `ssd_sequential`, the recurrence one step at a time, forward + backward: the ground truth
+                the two are tested against, and what the chunked algorithm is meant to beat.
+`ssd_chunked`, the readable version of the algorithm, is tested equal to all three and runs in no model.
+
 Shapes are Adventurer-Tiny's SSD: 8 heads, headdim 64, d_state 64, 1 group, float32, batch 1 (one image's
 token sequence; the chunked scan's time grows about linearly with batch, the loop's much less, because the
 loop is dominated by per-step overhead, so batch 1 is the conservative choice for the speed-up).
 
-What is timed: `y = scan(...)` then `(y * w).sum().backward()` with a fixed random cotangent w, grads of all
-inputs (x, dt, A, B, C, D) required. One warm-up call each, then `repeats` rounds in which the
-implementations run in alternating order (A B, B A, ...), so slow phases of a shared machine hit both;
-medians are reported (min too). At the longest length a second table sweeps the chunk size.
+How: `y = scan(...)` then `(y * w).sum().backward()` with a fixed random cotangent w, grads of all inputs
+(x, dt, A, B, C, D) required. One warm-up call each, then `repeats` rounds in which the implementations run
+in alternating order (A B, B A, ...), so slow phases of a shared machine hit both; medians are reported.
+
+The chunk-length sweep times both scans that run (inference forward, training forward + backward) at each
+chunk length in `sweep_chunk_sizes` and each length in `sweep_lengths`: by default 65, 257 and 1,025 tokens
+(8x8, 16x16 and 32x32 patches + the class token: adventurer_nano's CIFAR-10 runs) and 50,178 (224x224 at patch
+1, + the class and the average token: what the paper's patch-1 mixer sees). The CPU default of
+pixelvit.ops.ssd.CPU_CHUNK_SIZE is the length this sweep supports.
 
 Memory, two honest numbers (tracemalloc does not see torch's allocations):
   * saved_mb - bytes of the distinct tensors autograd keeps for the backward pass (saved_tensors_hooks),
@@ -32,6 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -42,12 +59,15 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from pixelvit.ops.ssd import CPU_CHUNK_SIZE, ssd_chunked, ssd_sequential  # noqa: E402
+from pixelvit.ops import mixer  # noqa: E402
+from pixelvit.ops.ssd import CPU_CHUNK_SIZE, ssd_scan, ssd_sequential, ssd_streaming  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable
 from benchmarks.machine import machine_info, status_kb  # noqa: E402
 
 ADVENTURER_TINY = {"batch": 1, "nheads": 8, "headdim": 64, "dstate": 64, "ngroups": 1}
+SWEEP_LENGTHS = (65, 257, 1025, 50178)  # the token counts that matter (module docstring)
+SWEEP_CHUNK_SIZES = (32, 64, 128)
 
 
 def make_inputs(length, batch, nheads, headdim, dstate, ngroups, seed=0):
@@ -65,10 +85,27 @@ def make_inputs(length, batch, nheads, headdim, dstate, ngroups, seed=0):
 
 
 def implementations(chunk_size):
+    """The scans timed with gradients (forward + backward), by name: the loop, and the training scan."""
     return {
         "sequential": lambda x, dt, A, B, C, D: ssd_sequential(x, dt, A, B, C, D=D),
-        "chunked": lambda x, dt, A, B, C, D: ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D),
+        # gradients are required, so ssd_scan runs ssd_trainable: the call Mamba2Mixer's forward makes
+        "training": lambda x, dt, A, B, C, D: ssd_scan(x, dt, A, B, C, chunk_size=chunk_size, D=D, backend="reference"),
     }
+
+
+@torch.no_grad()
+def inference_scan(x, dt, A, B, C, D, chunk_size=CPU_CHUNK_SIZE):
+    """The scan of a model's inference forward: ssd_fast on blocks of mixer.BLOCK_TOKENS tokens, passing the
+    state on, as MixerStream calls it for one image (ssd_streaming makes exactly those ssd_fast calls)."""
+    block_chunks = max(1, mixer.BLOCK_TOKENS // chunk_size)
+    return ssd_streaming(x, dt, A, B, C, chunk_size=chunk_size, D=D, block_chunks=block_chunks)
+
+
+def forward_only(fn, leaves):
+    """Seconds for one forward without gradients."""
+    t0 = time.perf_counter()
+    fn(*leaves)
+    return time.perf_counter() - t0
 
 
 def forward_backward(fn, leaves, w):
@@ -141,9 +178,56 @@ def peak_rss_mb(impl, length, chunk_size, shape, threads):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(lengths=(256, 1024, 4096), repeats=5, chunk_size=CPU_CHUNK_SIZE, sweep_chunk_sizes=(16, 32, 64, 128, 256),
-        threads=2, shape=None, max_sequential_length=16384, memory=True, command=None, log=print):
-    """Time and measure both implementations at each length; returns a JSON-able dict."""
+def chunk_sweep(lengths=SWEEP_LENGTHS, chunk_sizes=SWEEP_CHUNK_SIZES, repeats=5, shape=None, log=print) -> dict:
+    """Both scans that run, at every chunk length and length: median ms, and the fastest chunk of each case.
+
+    At each length the chunk lengths alternate (A B C, C B A, ...) on the same inputs: inference =
+    `inference_scan` forward, training = the training scan's forward + backward."""
+    shape = dict(ADVENTURER_TINY if shape is None else shape)
+    rows = []
+    for length in lengths:
+        leaves, w = make_inputs(length, **shape)
+        with torch.no_grad():
+            inference = time_alternating_forward(
+                {q: lambda *a, q=q: inference_scan(*a, chunk_size=q) for q in chunk_sizes}, leaves, repeats)
+        training = time_alternating({q: implementations(q)["training"] for q in chunk_sizes}, leaves, w, repeats)
+        row = {"length": length,
+               "inference_fwd_ms": {str(q): inference[q] for q in chunk_sizes},
+               "training_fwd_bwd_ms": {str(q): training[q]["fwd_bwd_ms"] for q in chunk_sizes}}
+        for kind in ("inference_fwd_ms", "training_fwd_bwd_ms"):
+            row[f"fastest_{kind.split('_')[0]}"] = int(min(row[kind], key=row[kind].get))
+        rows.append(row)
+        log(f"  chunk sweep at {length}: " + ", ".join(
+            f"Q={q} {row['inference_fwd_ms'][str(q)]:.1f} / {row['training_fwd_bwd_ms'][str(q)]:.1f} ms"
+            for q in chunk_sizes) + " (inference / training)")
+        del leaves, w
+    # each chunk against the fastest chunk of each case (a length, inference or training): the geometric mean
+    # of its time / the fastest time over all cases, 1.0 = fastest everywhere. The smallest is the best overall.
+    kinds = ("inference_fwd_ms", "training_fwd_bwd_ms")
+    over_fastest = {str(q): math.exp(statistics.fmean(
+        math.log(row[kind][str(q)] / min(row[kind].values())) for row in rows for kind in kinds))
+        for q in chunk_sizes}
+    return {"lengths": list(lengths), "chunk_sizes": list(chunk_sizes), "repeats": repeats, "rows": rows,
+            "time_over_fastest_geomean": over_fastest, "best_chunk_size": int(min(over_fastest, key=over_fastest.get)),
+            "default_chunk_size": CPU_CHUNK_SIZE}
+
+
+def time_alternating_forward(fns, leaves, repeats):
+    """Median milliseconds of one forward per implementation (no gradients), alternated after a warm-up."""
+    names = list(fns)
+    for name in names:
+        forward_only(fns[name], leaves)
+    times = {n: [] for n in names}
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            times[name].append(1e3 * forward_only(fns[name], leaves))
+    return {n: statistics.median(times[n]) for n in names}
+
+
+def run(lengths=(256, 1024, 4096), repeats=5, chunk_size=CPU_CHUNK_SIZE, sweep_chunk_sizes=SWEEP_CHUNK_SIZES,
+        sweep_lengths=SWEEP_LENGTHS, threads=2, shape=None, max_sequential_length=16384, memory=True, command=None,
+        log=print):
+    """Time (and measure) the loop and the two scans that run at each length, then the chunk sweep."""
     shape = dict(ADVENTURER_TINY if shape is None else shape)
     torch.set_num_threads(threads)
     result = {"benchmark": "ssd_cpu", "command": command, "machine": machine_info(), "shape": shape,
@@ -154,70 +238,79 @@ def run(lengths=(256, 1024, 4096), repeats=5, chunk_size=CPU_CHUNK_SIZE, sweep_c
             del fns["sequential"]
         leaves, w = make_inputs(length, **shape)
         row = {"length": length, **time_alternating(fns, leaves, w, repeats)}
+        row["inference"] = {"fwd_ms": time_alternating_forward(
+            {"inference": lambda *a: inference_scan(*a, chunk_size=chunk_size)}, leaves, repeats)["inference"]}
         if "sequential" in row:
-            row["speedup_fwd_bwd"] = row["sequential"]["fwd_bwd_ms"] / row["chunked"]["fwd_bwd_ms"]
-            row["speedup_fwd"] = row["sequential"]["fwd_ms"] / row["chunked"]["fwd_ms"]
+            row["speedup_fwd_bwd"] = row["sequential"]["fwd_bwd_ms"] / row["training"]["fwd_bwd_ms"]
             # rounds alternate, so round i's two runs saw the same phase of a shared machine
             row["speedup_fwd_bwd_paired"] = statistics.median(
-                s / c for s, c in zip(row["sequential"]["fwd_bwd_all_ms"], row["chunked"]["fwd_bwd_all_ms"],
+                s / c for s, c in zip(row["sequential"]["fwd_bwd_all_ms"], row["training"]["fwd_bwd_all_ms"],
                                       strict=True))
         if memory:
             for name, fn in fns.items():
                 row[name]["saved_mb"] = saved_tensor_mb(fn, leaves)
                 row[name]["peak_mb"] = peak_rss_mb(name, length, chunk_size, shape, threads)
         result["rows"].append(row)
-        log(f"  length {length}: " + ", ".join(f"{n} {row[n]['fwd_bwd_ms']:.1f} ms" for n in fns))
-    if sweep_chunk_sizes:
-        length = max(lengths)
-        leaves, w = make_inputs(length, **shape)
-        fns = {f"Q={q}": implementations(q)["chunked"] for q in sweep_chunk_sizes}
-        times = time_alternating(fns, leaves, w, repeats)
-        result["chunk_sweep"] = {"length": length, **{name: t for name, t in times.items()}}
-        log(f"  chunk sweep at {length}: " + ", ".join(f"{n} {t['fwd_bwd_ms']:.1f} ms" for n, t in times.items()))
+        log(f"  length {length}: " + ", ".join(f"{n} {row[n]['fwd_bwd_ms']:.1f} ms" for n in fns)
+            + f", inference {row['inference']['fwd_ms']:.1f} ms (forward only)")
+    if sweep_chunk_sizes and sweep_lengths:
+        result["chunk_sweep"] = chunk_sweep(sweep_lengths, sweep_chunk_sizes, repeats, shape, log)
     result["machine"]["load_average_1min_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return result
+
+
+def sweep_markdown(sweep) -> list[str]:
+    """The chunk-length sweep as a table, and the verdict on CPU_CHUNK_SIZE."""
+    qs = [str(q) for q in sweep["chunk_sizes"]]
+    header = "| tokens | " + " | ".join(f"inference Q={q}" for q in qs) + " | " + " | ".join(
+        f"training Q={q}" for q in qs) + " | fastest (inference / training) |"
+    lines = [f"Chunk length sweep of the two scans that run (median ms of {sweep['repeats']} alternated "
+             "repetitions; inference = forward without gradients, training = forward + backward):", "",
+             header, "|" + "---:|" * (2 * len(qs) + 2)]
+    for r in sweep["rows"]:
+        lines.append(f"| {r['length']:,} | " + " | ".join(f"{r['inference_fwd_ms'][q]:.1f}" for q in qs) + " | "
+                     + " | ".join(f"{r['training_fwd_bwd_ms'][q]:.1f}" for q in qs)
+                     + f" | {r['fastest_inference']} / {r['fastest_training']} |")
+    gm = sweep["time_over_fastest_geomean"]
+    default = str(sweep["default_chunk_size"])
+    lines += ["", "Time over the fastest chunk's, geometric mean over the cases above: " + ", ".join(
+        f"Q={q} {gm[q]:.2f}x" for q in gm) + f". Best overall: {sweep['best_chunk_size']}; the CPU default "
+        f"(pixelvit.ops.ssd.CPU_CHUNK_SIZE) is {default}"
+        + (f", {gm[default] / gm[str(sweep['best_chunk_size'])]:.2f}x the best." if default in gm else ", not swept.")]
+    return lines
 
 
 def to_markdown(result):
     m, s = result["machine"], result["shape"]
     lines = [
-        "# SSD scan on CPU: chunked vs sequential (forward + backward)",
+        "# SSD scans on CPU: the training and inference scans the models run, and the step-by-step loop",
         "",
         f"`{result['command']}`" if result["command"] else "",
         "",
         f"{m['cpu_model']}, {m['cpus_usable']} usable cores, torch {m['torch']} with {m['torch_num_threads']} threads; "
-        f"load average {m['load_average_1_5_15'][0]:.1f} before, {m['load_average_1min_after']:.1f} after "
-        "(a shared machine: other jobs were running). "
+        f"load average {m['load_average_1_5_15'][0]:.1f} before, {m['load_average_1min_after']:.1f} after. "
         f"Shapes: batch {s['batch']}, {s['nheads']} heads, headdim {s['headdim']}, d_state {s['dstate']}, "
         f"{s['ngroups']} group, float32, chunk size {result['chunk_size']}. Medians of {result['repeats']} "
         "alternated repetitions after a warm-up.",
         "",
-        "| length | sequential fwd+bwd ms | chunked fwd+bwd ms | speed-up | speed-up, paired | sequential fwd ms "
-        "| chunked fwd ms | saved for backward MB (seq / chunked) | peak RSS added MB (seq / chunked) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| length | sequential fwd+bwd ms | training fwd+bwd ms | speed-up | speed-up, paired | inference fwd ms "
+        "| saved for backward MB (seq / training) | peak RSS added MB (seq / training) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def fmt(x, spec=".1f"):
         return "-" if x is None else format(x, spec)
 
     for row in result["rows"]:
-        seq, ch = row.get("sequential", {}), row["chunked"]
+        seq, tr = row.get("sequential", {}), row["training"]
+        x = "x" if "speedup_fwd_bwd" in row else ""
         lines.append(
-            f"| {row['length']} | {fmt(seq.get('fwd_bwd_ms'))} | {fmt(ch['fwd_bwd_ms'])} | "
-            f"{fmt(row.get('speedup_fwd_bwd'))}{'x' if 'speedup_fwd_bwd' in row else ''} | "
-            f"{fmt(row.get('speedup_fwd_bwd_paired'))}{'x' if 'speedup_fwd_bwd' in row else ''} | {fmt(seq.get('fwd_ms'))} | {fmt(ch['fwd_ms'])} | "
-            f"{fmt(seq.get('saved_mb'))} / {fmt(ch.get('saved_mb'))} | {fmt(seq.get('peak_mb'))} / "
-            f"{fmt(ch.get('peak_mb'))} |")
-    lines += ["", "speed-up: ratio of the medians; paired: median over rounds of that round's ratio (each round "
-              "runs both, back to back, so it is less sensitive to other jobs on the machine).",
-              "saved for backward: distinct tensors autograd keeps (exact). Peak RSS: fresh process, one "
-              "forward+backward, includes gradients, transients and allocator overhead (noisier)."]
-    sweep = result["chunk_sweep"]
-    if sweep:
-        names = [k for k in sweep if k != "length"]
-        lines += ["", f"Chunk size sweep, chunked forward+backward at length {sweep['length']} (median ms):", "",
-                  "| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
-                  "| " + " | ".join(f"{sweep[n]['fwd_bwd_ms']:.1f}" for n in names) + " |"]
+            f"| {row['length']} | {fmt(seq.get('fwd_bwd_ms'))} | {fmt(tr['fwd_bwd_ms'])} | "
+            f"{fmt(row.get('speedup_fwd_bwd'))}{x} | {fmt(row.get('speedup_fwd_bwd_paired'))}{x} | "
+            f"{fmt(row['inference']['fwd_ms'])} | {fmt(seq.get('saved_mb'))} / {fmt(tr.get('saved_mb'))} | "
+            f"{fmt(seq.get('peak_mb'))} / {fmt(tr.get('peak_mb'))} |")
+    if result["chunk_sweep"]:
+        lines += ["", *sweep_markdown(result["chunk_sweep"])]
     return "\n".join(lines) + "\n"
 
 
@@ -226,8 +319,10 @@ def main(argv=None):
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=CPU_CHUNK_SIZE)
-    parser.add_argument("--sweep-chunk-sizes", type=int, nargs="*", default=[16, 32, 64, 128, 256],
-                        help="chunk sizes compared at the longest length (none to skip)")
+    parser.add_argument("--sweep-chunk-sizes", type=int, nargs="*", default=list(SWEEP_CHUNK_SIZES),
+                        help="chunk lengths the sweep compares (none to skip it)")
+    parser.add_argument("--sweep-lengths", type=int, nargs="*", default=list(SWEEP_LENGTHS),
+                        help="lengths the sweep runs at (none to skip it)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-sequential-length", type=int, default=16384,
                         help="skip the (slow, memory-hungry) loop above this length")
@@ -241,7 +336,7 @@ def main(argv=None):
 
     command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     print(f"SSD CPU benchmark: {command}")
-    result = run(args.lengths, args.repeats, args.chunk_size, args.sweep_chunk_sizes, args.threads,
+    result = run(args.lengths, args.repeats, args.chunk_size, args.sweep_chunk_sizes, args.sweep_lengths, args.threads,
                  max_sequential_length=args.max_sequential_length, memory=not args.no_memory, command=command)
     markdown = to_markdown(result)
     print(markdown)

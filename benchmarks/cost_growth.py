@@ -26,6 +26,7 @@ from benchmarks.machine import (
     run_in_fresh_process,
     spread,
 )
+from benchmarks.report import fmt, table
 
 MODELS = {"vit": "vit_micro", "adventurer": "adventurer_micro"}
 NUM_CLASSES = 10
@@ -221,3 +222,68 @@ def notebook_json(section: dict) -> dict:
         "crossover_method": section["crossover_method"],
         "memory_method": section["memory_method"],
     }
+
+
+# the section in results.md (benchmarks/suite.py writes its heading)
+
+
+def _per_token(s, arch, index) -> float:
+    point = sorted(s["points"], key=lambda p: p["tokens"])[index]
+    return point[arch]["saved_mb_per_image"] * 2**20 / point["tokens"]
+
+
+def markdown(s) -> list[str]:
+    rows = [
+        [
+            f"{p['img_size']}x{p['img_size']}",
+            p["patch_size"],
+            p["tokens"],
+            fmt(p["vit"]["fwd_bwd_ms_per_image"]),
+            fmt(p["adventurer"]["fwd_bwd_ms_per_image"]),
+            fmt(p["time_ratio_vit_over_adventurer"], ".2f"),
+            fmt(p["vit"]["peak_mb_per_image"]),
+            fmt(p["adventurer"]["peak_mb_per_image"]),
+            fmt(p["vit"]["saved_mb_per_image"]),
+            fmt(p["adventurer"]["saved_mb_per_image"]),
+        ]
+        for p in sorted(s["points"], key=lambda p: (p["tokens"], p["img_size"]))
+    ]
+    lines = [
+        f"Forward+backward per image, fp32, 2 threads, batch {s['points'][0]['batch_size']}; medians of {s['repeats']} "
+        f"alternated repetitions. ViT = {s['models']['vit']}; Adventurer = {s['models']['adventurer']}.",
+        "",
+        *table(
+            [
+                "image",
+                "patch",
+                "tokens",
+                "ViT ms",
+                "Adventurer ms",
+                "ViT/Adv time",
+                "ViT peak MB",
+                "Adv peak MB",
+                "ViT saved MB",
+                "Adv saved MB",
+            ],
+            rows,
+        ),
+        "",
+        "Memory per token (saved for backward, fewest -> most tokens): "
+        + "; ".join(
+            f"{arch} {_per_token(s, arch, 0):,.0f} -> {_per_token(s, arch, -1):,.0f} B/token"
+            for arch in ("vit", "adventurer")
+        )
+        + " (constant = linear in tokens).",
+        "",
+        "Crossover (tokens above which Adventurer is cheaper; " + s["crossover_method"] + "):",
+        "",
+    ]
+    for label, c in s["crossover"].items():
+        lines.append(
+            f"- {label}: "
+            + "; ".join(
+                f"{kind} {c[kind]['tokens'] if c[kind]['tokens'] is not None else 'none'} ({c[kind]['note']})"
+                for kind in ("time", "peak_memory", "saved_memory")
+            )
+        )
+    return lines

@@ -9,7 +9,7 @@ FLOPs by pixelvit.costs (matrix products only, the scan over its real length) / 
 also given in CPU time (GFLOP per process CPU-second, forward and matmul alike), which other jobs on a
 shared machine distort less than wall time. For the smaller
 model a torch.profiler run of one block at the full length says where the time goes (self CPU time by op).
-Targets (issue 13): Adventurer-Tiny >= 0.4x the matmul rate and <= 1.5 GB peak RSS; Adventurer-Base <= 2.0 GB.
+Targets: Adventurer-Tiny >= 0.4x the matmul rate and <= 1.5 GB peak RSS; Adventurer-Base <= 2.0 GB.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 import torch
 
 from benchmarks.machine import run_in_fresh_process
+from benchmarks.report import fmt, table
 
 MATMUL_N = 2048
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
@@ -124,3 +125,34 @@ def run(models, log=print) -> dict:
         "targets": "Tiny >= 0.4x matmul rate and <= 1.5 GB (1536 MB) peak RSS; Base <= 2.0 GB (2048 MB)",
         "verdicts": verdicts,
     }
+
+
+# the section in results.md (benchmarks/suite.py writes its heading)
+
+
+def markdown(s) -> list[str]:
+    rows = [
+        [r["model"], f"{r['img_size']}x{r['img_size']}", r["patch_size"], f"{r['tokens']:,}", fmt(r["gflops"], ",.0f"),
+         fmt(r["seconds"]), fmt(r["achieved_gflops_per_s"]), fmt(r["matmul_gflops_per_s_before"]),
+         fmt(r["matmul_gflops_per_s_after"]), fmt(r["ratio_to_matmul"], ".2f"), fmt(r["ratio_to_matmul_cpu_time"], ".2f"),
+         fmt(r["peak_rss_mb"], ",.0f"), fmt(r["rss_after_imports_mb"], ",.0f"), fmt(r["rss_after_model_mb"], ",.0f")]
+        for r in s["rows"]
+    ]  # fmt: skip
+    lines = [
+        s["method"],
+        "",
+        *table(["model", "image", "patch", "tokens", "GFLOP", "seconds", "GFLOP/s", "matmul GFLOP/s before",
+                 "after", "x matmul", "x matmul (CPU time)", "peak RSS MB", "RSS after imports MB",
+                 "RSS after model MB"], rows),
+    ]
+    for row in s["rows"]:
+        prof = row.get("profile_one_block")
+        if prof:
+            top = ", ".join(f"{name} {sec:.2f}" for name, sec in prof["top_ops_self_cpu_s"].items())
+            lines += ["", f"Profile of one {row['model']} block at {row['tokens']:,} tokens: {prof['block_self_cpu_s']:.2f} "
+                      f"s self CPU time, {prof['matmul_share']:.0%} in matrix products; top ops (s): {top}."]
+    for model, verdict in s["verdicts"].items():
+        lines += ["", f"Target {model}: " + "; ".join(
+            f"{key} {v['target']}: measured {v['measured']:.2f}, {'met' if v['met'] else 'NOT met'}"
+            for key, v in verdict.items())]
+    return lines

@@ -7,13 +7,18 @@ Runs only when torch.cuda.is_available(); on a CPU machine the section is record
   achieved TFLOP/s = 3 x forward FLOPs (pixelvit.costs.estimate, FlopCounterMode's counting) x batch /
   step time, as a fraction of the measured matmul peak.
 * Adventurer-Tiny and -Base at 224, patch 1 (50,176 patches + class token + average token = 50,178
-  through the mixer): training images/s and peak memory per image with the reference chunked scan, the
-  same under torch.compile (each block compiled), and mamba-ssm's Triton kernel if it imports. Each
+  through the mixer): training images/s and peak memory per image with the reference scan, the same under
+  torch.compile (each block compiled), mamba-ssm's Triton kernel and flash-linear-attention's, each if it
+  imports (the variants of the profile). Each
   variant is first checked against the reference: relative error ||a - b|| / ||b|| of the logits and of
   the patch-embedding gradient, same weights, same images. Memory per image is set beside the paper's
-  Table 6 (ViT at 224: 16,118 MB per image at patch 1) and pixelvit.costs' estimate.
+  Table 6 (ViT at 224: 16,118 MB per image at patch 1) and pixelvit.costs' estimate, made at the chunk
+  length the scan uses on this device (256 on CUDA).
 Timing: torch.cuda.Event around each step, warm-up steps first, medians. Batch: the largest of the
 candidates whose step fits in memory.
+
+Smoke test: tests/test_gpu_benchmark.py sets DEVICE = "cpu" and runs `run` end to end at tiny sizes, so a
+CPU-only machine checks every line of this file except the CUDA calls, which the helpers below skip there.
 """
 
 from __future__ import annotations
@@ -25,15 +30,29 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.machine import median
+from benchmarks.report import fmt, table
 
-DEVICE = "cuda"  # a module constant only so that the code path can be smoke-tested on CPU with stubs
+DEVICE = "cuda"  # a module constant so that tests/test_gpu_benchmark.py can run the whole section on CPU
+
+
+def on_cuda() -> bool:
+    return torch.device(DEVICE).type == "cuda"
+
+
+def synchronize():
+    if on_cuda():
+        torch.cuda.synchronize()
 SKIPPED = {
     "skipped": "no GPU in this session (torch.cuda.is_available() is False); GPU part left for a GPU session"
 }
 
 
 def cuda_time(fn) -> float:
-    """Seconds of GPU time for fn(), measured with CUDA events."""
+    """Seconds of GPU time for fn(), measured with CUDA events (wall time when DEVICE is not CUDA)."""
+    if not on_cuda():
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     fn()
@@ -61,7 +80,22 @@ def matmul_peak_tflops(sizes=(8192, 16384), repeats: int = 10, dtype=torch.bfloa
 
 def _free():
     gc.collect()
-    torch.cuda.empty_cache()
+    if on_cuda():
+        torch.cuda.empty_cache()
+
+
+def memory_allocated() -> int:
+    """Bytes the device's caching allocator has handed out (0 off CUDA: not measured there)."""
+    return torch.cuda.memory_allocated() if on_cuda() else 0
+
+
+def reset_peak_memory():
+    if on_cuda():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def max_memory_allocated() -> int:
+    return torch.cuda.max_memory_allocated() if on_cuda() else 0
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -126,15 +160,15 @@ def time_training(build, img_size: int, num_classes: int, batch_sizes, repeats: 
             trainer = Trainer(model, batch_size, img_size, num_classes)
             t0 = time.perf_counter()
             trainer.step()  # first step: allocates optimizer state (and compiles, if compiled)
-            torch.cuda.synchronize()
+            synchronize()
             first_step_s = time.perf_counter() - t0
             for _ in range(warmup):
                 trainer.step()
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()  # parameters, gradients, optimizer state, data
-            torch.cuda.reset_peak_memory_stats()
+            synchronize()
+            base = memory_allocated()  # parameters, gradients, optimizer state, data
+            reset_peak_memory()
             times = [cuda_time(trainer.step) for _ in range(repeats)]
-            peak = torch.cuda.max_memory_allocated() - base
+            peak = max_memory_allocated() - base
         except Exception as error:  # noqa: BLE001 - OOM is expected for large batches; others recorded
             if not _is_oom(error):
                 raise
@@ -199,15 +233,36 @@ def vit_mfu(
     }
 
 
+KERNEL_VARIANTS = ("mamba_ssm", "fla")  # variants that are a scan backend of pixelvit.ops.ssd
+
+
+def mixer_estimate(name: str, img_size: int, patch_size: int, device=None) -> dict:
+    """What pixelvit.costs expects of the model on `device` (default DEVICE): the tokens through the blocks and
+    through the mixer (one more: the average token), and activation memory and FLOPs at the chunk length the
+    scan uses there (pixelvit.ops.ssd.default_chunk_size: 256 on CUDA, 64 on CPU)."""
+    from pixelvit.costs import estimate
+    from pixelvit.ops.ssd import default_chunk_size
+
+    chunk = default_chunk_size(DEVICE if device is None else device)
+    est = estimate(name, img_size=img_size, patch_size=patch_size, chunk_size=chunk)
+    return {
+        "tokens": est["tokens"],
+        "tokens_through_mixer": est["mixer_tokens"],
+        "estimate_chunk_size": chunk,
+        "estimated_gflops_per_image": est["gflops"],
+        "estimated_activation_mb_per_image_bf16": est["activation_mb"],
+    }
+
+
 def adventurer_variants(
     name: str, img_size: int, patch_size: int, variants, batch_sizes, repeats: int, warmup: int
 ) -> dict:
-    from pixelvit.costs import PAPER_TABLE6_VIT_MEMORY_MB, estimate
+    from pixelvit.costs import PAPER_TABLE6_VIT_MEMORY_MB
     from pixelvit.models import create_model
     from pixelvit.ops.ssd import describe_backends, select_backend
 
     def builder(variant):
-        backend = "mamba_ssm" if variant == "mamba_ssm" else "reference"
+        backend = variant if variant in KERNEL_VARIANTS else "reference"
 
         def build():
             torch.manual_seed(0)
@@ -234,9 +289,9 @@ def adventurer_variants(
     labels = torch.randint(0, 1000, (1,), device=DEVICE, generator=g)
     reference = None
     for variant in variants:
-        if variant == "mamba_ssm":
+        if variant in KERNEL_VARIANTS:
             try:
-                select_backend(DEVICE, "mamba_ssm")
+                select_backend(DEVICE, variant)
             except ValueError as error:
                 results["variants"][variant] = {"skipped": str(error)}
                 continue
@@ -258,9 +313,7 @@ def adventurer_variants(
         except Exception as error:  # noqa: BLE001 - one variant failing must not lose the others
             results["variants"][variant] = {"error": f"{type(error).__name__}: {error}"[:2000]}
         _free()
-    est = estimate(name, img_size=img_size, patch_size=patch_size)
-    results["tokens_through_mixer"] = est["tokens"]
-    results["estimated_activation_mb_per_image_bf16"] = est["activation_mb"]
+    results.update(mixer_estimate(name, img_size, patch_size))
     if patch_size in PAPER_TABLE6_VIT_MEMORY_MB and img_size == 224:
         paper = PAPER_TABLE6_VIT_MEMORY_MB[patch_size]
         results["paper_table6_vit_mb_per_image"] = paper
@@ -279,15 +332,16 @@ def run(
     batch_sizes,
     repeats: int,
     warmup: int,
+    matmul_sizes=(8192, 16384),
     log=print,
 ) -> dict:
-    if not torch.cuda.is_available():
+    if on_cuda() and not torch.cuda.is_available():
         return dict(SKIPPED)
     torch.backends.cuda.matmul.allow_tf32 = True
-    peak = matmul_peak_tflops()
+    peak = matmul_peak_tflops(matmul_sizes)
     log(f"  bf16 matmul peak: {peak['tflops']:.0f} TFLOP/s")
     result = {
-        "device": torch.cuda.get_device_name(0),
+        "device": torch.cuda.get_device_name(0) if on_cuda() else f"{DEVICE} (DEVICE switched: a smoke test)",
         "matmul_peak": peak,
         "repeats": repeats,
         "warmup": warmup,
@@ -322,3 +376,78 @@ def run(
             )
             log(f"  {name} {variant}: {summary}")
     return result
+
+
+# the section in results.md (benchmarks/suite.py writes its heading)
+
+
+def markdown(s) -> list[str]:
+    if "skipped" in s:
+        return [f"Skipped: {s['skipped']}. `python -m benchmarks --only gpu` runs it on a CUDA machine."]
+    lines = [f"{s['device']}; bf16 matmul peak {s['matmul_peak']['tflops']:.0f} TFLOP/s (measured)."]
+    v = s.get("vit", {})
+    if "error" in v:
+        lines.append(f"ViT: error {v['error']}")
+    else:
+        lines.append(
+            f"{v['model']} at {v['img_size']}px patch {v['patch_size']} ({v['tokens']} tokens), bf16 training step, batch "
+            f"{v['batch_size']}: {v['images_per_s']:.1f} img/s, {v['achieved_tflops']:.0f} TFLOP/s = "
+            f"{v['fraction_of_matmul_peak']:.0%} of the matmul peak (logits bf16 vs fp32 rel. err "
+            f"{v['check']['logits_rel_err_bf16_vs_fp32']:.1e})."
+        )
+    rows = []
+    for a in s.get("adventurer", []):
+        for variant, r in a["variants"].items():
+            if "images_per_s" in r:
+                check = (
+                    "reference"
+                    if r["check"].get("is_reference")
+                    else f"{r['check']['logits_rel_err']:.1e} / {r['check']['grad_rel_err']:.1e}"
+                )
+                rows.append(
+                    [
+                        a["model"],
+                        variant,
+                        r["batch_size"],
+                        fmt(r["images_per_s"], ".2f"),
+                        fmt(r["peak_activation_mb_per_image"], ".0f"),
+                        fmt(r.get("memory_vs_paper_table6_vit"), ".2f"),
+                        check,
+                    ]
+                )
+            else:
+                rows.append(
+                    [
+                        a["model"],
+                        variant,
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        " ".join((r.get("error") or r.get("skipped")).split())[:160],
+                    ]
+                )
+    if rows:
+        a0 = s["adventurer"][0]
+        lines += [
+            "",
+            f"Adventurer at {a0['img_size']}px patch {a0['patch_size']} ({a0['tokens_through_mixer']:,} tokens through "
+            "the mixer), bf16 autocast training step; memory = peak allocated above parameters + optimizer state, per "
+            "image; paper Table 6 = ViT at the same patch size; pixelvit.costs estimates "
+            + ", ".join(f"{a['model']} {a['estimated_activation_mb_per_image_bf16']:,.0f} MB/img" for a in s["adventurer"])
+            + f" (scan chunk {a0['estimate_chunk_size']}).",
+            "",
+            *table(
+                [
+                    "model",
+                    "scan",
+                    "batch",
+                    "img/s",
+                    "MB/img",
+                    "x paper Table 6 ViT",
+                    "rel. err logits / grad",
+                ],
+                rows,
+            ),
+        ]
+    return lines

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.machine import SavedTensorCounter, alternate, median, ratios, spread
+from benchmarks.report import fmt, table
 
 MODELS = {"vit": "vit_nano", "adventurer": "adventurer_nano"}
 
@@ -121,3 +122,29 @@ def run(patch_sizes=(2, 1), img_size: int = 32, batch_size: int = 4, repeats: in
         "worst_adventurer_over_vit": worst_memory,
         "worst_step_speed_ratio": worst_speed,
     }
+
+
+# the section in results.md (benchmarks/suite.py writes its heading)
+
+
+def markdown(s) -> list[str]:
+    rows = [
+        [r["patch_size"], f"{r['tokens']:,}", fmt(r["vit_saved_mb_per_image"], ".2f"),
+         fmt(r["adventurer_saved_mb_per_image"], ".2f"), fmt(r["adventurer_over_vit"], ".2f"),
+         fmt(r["adventurer_before_saved_mb_per_image"], ".2f"), fmt(r["before_over_vit"], ".2f"),
+         fmt(r["step_ms_now"], ".0f"), fmt(r["step_ms_before"], ".0f"), fmt(r["step_speed_ratio_now_over_before"], ".2f")]
+        for r in s["rows"]
+    ]  # fmt: skip
+    return [
+        f"{s['models']['vit']} vs {s['models']['adventurer']} (64 x 4), {s['img_size']}x{s['img_size']} images, batch "
+        f"{s['batch_size']}, fp32; saved = {s['method']}. \"before\" = the readable mixer and ssd_chunked, as pixelvit "
+        f"trained before the memory-lean mixer; step = forward + backward + AdamW, medians of {s['repeats']} alternated "
+        "repetitions; speed ratio = before time / now time (> 1: now faster).",
+        "",
+        *table(["patch", "tokens", "ViT saved MB/img", "Adventurer saved MB/img", "Adv/ViT", "before MB/img",
+                 "before/ViT", "step ms now", "step ms before", "speed ratio"], rows),
+        "",
+        f"Targets ({s['target']}): memory {'met' if s['memory_target_met'] else 'NOT met'} (worst "
+        f"{s['worst_adventurer_over_vit']:.2f}x ViT), step time {'met' if s['speed_target_met'] else 'NOT met'} "
+        f"(worst {s['worst_step_speed_ratio']:.2f}x).",
+    ]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.machine import alternate, median, ratios, spread
+from benchmarks.report import fmt, table
 
 # (label, pixelvit model name, ViT sizes as timm keywords)
 MODELS = {
@@ -187,3 +188,46 @@ def run(configs, batch_size: int, repeats: int, warmup: int = 1, log=print) -> d
         "no_extra_work_in_pixelvit": no_extra_work,
         "verdict": verdict,
     }
+
+
+# the section in results.md (benchmarks/suite.py writes its heading)
+
+
+def _ops_cell(r) -> str:
+    if not r["aten_op_differences"]:
+        return "identical"
+    pv, tm = r["extra_input_elements_pixelvit_timm"]
+    who = "pixelvit fewer" if pv <= tm else "pixelvit MORE"
+    return f"{len(r['aten_op_differences'])} differ, {who} elements ({pv:,} vs {tm:,})"
+
+
+def markdown(s) -> list[str]:
+    header = [
+        "model",
+        "patch",
+        "tokens",
+        "batch",
+        "pixelvit img/s",
+        "timm img/s",
+        "ratio",
+        "ratio IQR",
+        "CPU-time ratio",
+        "aten ops",
+    ]
+    rows = [
+        [r["model"], r["patch_size"], r["tokens"], r["batch_size"], fmt(r["pixelvit_images_per_s"]), fmt(r["timm_images_per_s"]),
+         fmt(r["speed_ratio_pixelvit_over_timm"], ".3f"), " - ".join(fmt(x, ".3f") for x in r["speed_ratio_iqr"]),
+         fmt(r["cpu_time_ratio_pixelvit_over_timm"], ".3f"), _ops_cell(r)]
+        for r in s["rows"]
+    ]  # fmt: skip
+    return [
+        f"CPU training step (forward + backward + AdamW, fp32, 2 threads), 32x32 images, same weights; medians of "
+        f"{s['repeats']} alternated repetitions after {s['warmup']} warm-up. Ratio = timm step time / pixelvit step "
+        "time of back-to-back pairs (> 1: pixelvit faster); IQR = its 25th-75th percentile; CPU-time ratio = the "
+        "same from process CPU time (not inflated by other jobs taking the cores). aten ops = the ops (with "
+        "shapes and strides) of one whole step that differ between the two.",
+        "",
+        *table(header, rows),
+        "",
+        f"Target ({s['target']}): {s['verdict']}.",
+    ]

@@ -4,6 +4,7 @@ assertions (the machine may be shared); only that every section ran and reported
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,14 +74,20 @@ def check_results(out: Path, flag: str):
     lengths = [r["length"] for r in scan["rows"]]
     assert lengths == sorted(lengths) and len(lengths) >= 2
     for row in scan["rows"]:
-        for name in ("chunked", "sequential"):
+        for name in ("training", "sequential"):  # training: ssd_trainable, what ssd_scan runs with gradients
             assert positive(row[name]["fwd_bwd_ms"]) and positive(row[name]["saved_mb"])
             if sys.platform == "linux":
                 assert positive(row[name]["peak_mb"])
-        assert positive(row["speedup_fwd_bwd"])
+        assert positive(row["speedup_fwd_bwd"]) and positive(row["inference"]["fwd_ms"])
     assert any(row["sequential"]["extrapolated"] for row in scan["rows"]) or flag == "--quick"
-    # the chunked scan saves the same bytes per token at every length: linear memory (exact count)
-    assert scan["chunked_saved_bytes_per_token_max_over_min"] < 1.2
+    # the training scan saves the same bytes per token at every length: linear memory (exact count)
+    assert scan["training_saved_bytes_per_token_max_over_min"] < 1.2
+    sweep = scan["chunk_sweep"]  # both scans that run, at every chunk length and length of the profile
+    assert [row["length"] for row in sweep["rows"]] == sweep["lengths"] and len(sweep["chunk_sizes"]) >= 2
+    for row in sweep["rows"]:
+        for kind in ("inference_fwd_ms", "training_fwd_bwd_ms"):
+            assert sorted(map(int, row[kind])) == sorted(sweep["chunk_sizes"]) and all(map(positive, row[kind].values()))
+    assert sweep["best_chunk_size"] in sweep["chunk_sizes"] and min(sweep["time_over_fastest_geomean"].values()) >= 1
 
     growth = sections["cost_growth"]
     for point in growth["points"]:
@@ -134,8 +141,13 @@ def check_results(out: Path, flag: str):
 
     markdown = (out / "results.md").read_text()
     assert results["command"] in markdown and machine["cpu_model"] in markdown
-    for header in ("| model | patch | tokens |", "| length | chunked ms |", "| image | patch | tokens |"):
+    for header in ("| model | patch | tokens |", "| length | training ms | inference ms |", "| image | patch | tokens |",
+                   "| tokens | inference Q="):
         assert header in markdown
+    assert "Best overall:" in markdown
+    # user documents name no issue numbers (section 5 had "Targets (issue 13)")
+    issue = re.search(r".{0,60}issue \d.{0,20}", markdown, re.IGNORECASE)
+    assert issue is None, issue[0]
     assert "## 4. GPU" in markdown
     assert "## 5. Full scale on CPU" in markdown and "| model | image | patch | tokens | GFLOP |" in markdown
     assert "## 6. Training memory" in markdown and "Adv/ViT" in markdown
