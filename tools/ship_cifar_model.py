@@ -1,13 +1,13 @@
 """Train, measure and ship the small CIFAR-10 model that the explorer and notebook 05 use offline.
 
-    nice -n 10 python tools/ship_cifar_model.py             # train (800 steps: ~5 min on 2 idle CPU cores), measure, ship
+    OMP_NUM_THREADS=1 nice -n 10 python tools/ship_cifar_model.py   # train 10 epochs (~50 min on one core), measure, ship
     python tools/ship_cifar_model.py --measure-only         # re-measure the shipped files only
 
 Needs the course's CIFAR-10 copy (../shared/data/cifar10_jpeg.tar.gz, read in place, never copied here).
 1. Trains adventurer_nano (64 wide x 4 deep, 0.25 M parameters) at patch 4 (65 tokens) with pixelvit's
    own trainer; the same run as
-       pixelvit train --model adventurer_nano --dataset cifar10_jpeg --patch-size 4 --steps 800 \\
-           --batch-size 64 --lr 2e-3 --runs-dir ~/.cache/pixelvit/runs
+       pixelvit train --model adventurer_nano --dataset cifar10_jpeg --patch-size 4 --steps 7810 \\
+           --batch-size 64 --lr 2e-3 --eval-every 781 --runs-dir ~/.cache/pixelvit/runs
 2. Copies its weights (safetensors, about 1 MB) and config into pixelvit/assets/cifar10_adventurer_nano/,
    adding the class names (timm's `label_names`) so predictions read "cat", not "class 3".
 3. Measures top-1 on the full 10,000-image test set at patch 4 and, on the first 2,000 test images, at
@@ -31,10 +31,11 @@ from pixelvit.data import load_split
 from pixelvit.io import WEIGHTS_NAME, atomic_write_json
 from pixelvit.predict import accuracy, normalize
 
-RECIPE = dict(model="adventurer_nano", dataset="cifar10_jpeg", patch_size=4, steps=800, batch_size=64, lr=2e-3,
+RECIPE = dict(model="adventurer_nano", dataset="cifar10_jpeg", patch_size=4, steps=7810, batch_size=64, lr=2e-3,
               seed=0)
-COMMAND = ("pixelvit train --model adventurer_nano --dataset cifar10_jpeg --patch-size 4 --steps 800 "
-           "--batch-size 64 --lr 2e-3 --runs-dir ~/.cache/pixelvit/runs")
+COMMAND = ("pixelvit train --model adventurer_nano --dataset cifar10_jpeg --patch-size 4 --steps {steps} "
+           "--batch-size 64 --lr 2e-3 --eval-every {eval_every} --runs-dir ~/.cache/pixelvit/runs")
+EPOCH_STEPS = 781  # 50,000 training images / 64: evaluate on the test set once per epoch
 PATCH_SIZES = (8, 4, 2)  # the trained one and one either side, resampled without retraining
 COMPARE_IMAGES = 2000  # the first test images, for the patch-size comparison (patch 2 costs 4x per image)
 
@@ -49,14 +50,15 @@ def cifar10_test_top1(model, split=None, batch_size: int = 250) -> float:
 def train_and_copy(steps: int) -> dict:
     from pixelvit.train import TrainConfig, train
 
-    config = TrainConfig(**{**RECIPE, "steps": steps}, runs_dir=str(Path("~/.cache/pixelvit/runs").expanduser()))
+    config = TrainConfig(**{**RECIPE, "steps": steps}, eval_every=EPOCH_STEPS,
+                         runs_dir=str(Path("~/.cache/pixelvit/runs").expanduser()))
     result = train(config)
     source = Path(result.run_dir) / "model"
     meta = json.loads((source / "config.json").read_text())
     classes = tuple(load_split("cifar10_jpeg", "test", progress=False).classes)
     assert classes == CIFAR10_CLASSES, classes
     meta["pretrained_cfg"] = {"label_names": list(classes), "crop_pct": 1.0, "interpolation": "bicubic"}
-    meta["shipped"] = {"command": COMMAND.replace("800", str(steps)), "recipe": {**RECIPE, "steps": steps},
+    meta["shipped"] = {"command": COMMAND.format(steps=steps, eval_every=EPOCH_STEPS), "recipe": {**RECIPE, "steps": steps},
                        "train_wall_s": round(result.wall_s, 1), "train_top1_eval": round(result.top1, 2)}
     CIFAR10_MODEL.mkdir(parents=True, exist_ok=True)
     shutil.copy(source / WEIGHTS_NAME, CIFAR10_MODEL / WEIGHTS_NAME)
