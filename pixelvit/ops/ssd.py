@@ -15,7 +15,8 @@ Several ways to compute the same y, all with mamba_chunk_scan_combined's argumen
 
 * `ssd_sequential` - the recurrence exactly as written above, one step at a time. Ground truth.
 * `ssd_chunked`    - the chunked SSD algorithm (the four steps of the Mamba-2 paper), in plain PyTorch.
-                     Runs anywhere, differentiable, linear memory in the length. The CPU path.
+                     Runs anywhere, differentiable, linear memory in the length: the readable one, which
+                     the fast paths below are tested equal to (no model runs it).
 * `ssd_fast`       - the chunked algorithm again, rearranged for speed on a CPU (one head-major layout,
                      decays folded into the matmuls); `ssd_streaming` runs it block by block without
                      gradients, so a 50,000-token scan never holds more than one block's temporaries.
