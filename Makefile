@@ -2,12 +2,17 @@
 #   make run    create .venv, install the pinned environment, run the main job: the default patch-size
 #               sweep on the generated `specks` data (about 3 minutes on 2 CPU cores)
 #   make test   create .venv, install the pinned environment, run the test suite (notebooks included)
+#   make book   the course website, offline, into _build/html/ (index.html): the notebooks executed at their
+#               default settings (cached: an unchanged notebook is not run again), the student assignments,
+#               the results page and the paper's tables (book/conf.py)
 # Other targets: make setup, make bench, make lint, make assignments, make constraints, make clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# what `make setup` installs: the notebooks, the tests, and the website (tests/test_book.py builds it)
+EXTRAS := notebooks,dev,book
 # OMP_WAIT_POLICY=PASSIVE: with the default policy, OpenMP threads spin while waiting, which made
 # 2-thread training 10x slower on a shared 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -15,12 +20,12 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # pay a wake-up, so 2 threads trained Adventurer no faster than 1 (pixelvit.runtime sets it too, when imported first).
 export GOMP_SPINCOUNT ?= 10000
 
-.PHONY: setup git-filter run costs test bench lint assignments constraints clean
+.PHONY: setup git-filter run costs test book bench lint assignments constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 REPO_DIR := $(dir $(abspath $(firstword $(MAKEFILE_LIST))))
@@ -50,6 +55,11 @@ test: setup
 	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks tools assignments/make_assignments.py
 	$(PY) -m pytest
 
+# -q: warnings and errors only; the pages land in _build/html/, the executed notebooks in _build/.jupyter_cache/.
+# GitHub Pages builds the site with this same target (.github/workflows/book.yml).
+book: setup
+	$(PY) -m sphinx -b html -q -c book . _build/html
+
 bench: setup
 	$(PY) -m benchmarks
 
@@ -63,9 +73,9 @@ lint: setup
 
 constraints:
 	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
-	.venv-constraints/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[notebooks,dev]"
+	.venv-constraints/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[$(EXTRAS)]"
 	{ sed -n '/^#/p' constraints.txt; .venv-constraints/bin/pip freeze --exclude-editable | grep -vi '^pixelvit'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .venv-constraints
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache _build book/paper.md
