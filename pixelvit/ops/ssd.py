@@ -64,9 +64,11 @@ from pixelvit.ops.ssd_shapes import check_shapes as _check_shapes
 # FLOPs; too small and the loop of step 3 (L/Q steps) and tiny matmuls take over. The evidence is section 2 of
 # `python -m benchmarks` (benchmarks/results/results.md, "Chunk length sweep"): both scans at chunk 32, 64 and
 # 128, at 65, 257 and 1,025 tokens (adventurer_nano on CIFAR-10) and 50,178 (224x224 at patch 1), and the best
-# chunk overall. A first run of that sweep on one shared EPYC thread (benchmarks.bench_ssd.chunk_sweep, December
-# 2026, noisy): 128 the slowest at every length; 32 ahead at 65 and 257 tokens, 64 ahead at 1,025, the two
-# within 3 % at 50,178. 64 stays the default until a clean run of the committed sweep says otherwise.
+# chunk overall. Run on one thread of a shared 2-core AMD EPYC (benchmarks.bench_ssd.chunk_sweep, 9 alternated
+# repetitions, December 2026; the committed results.md is the reference once regenerated): 128 the slowest at
+# every length (1.27x the fastest, geometric mean over the 8 cases); 32 and 64 within 3 % overall (1.03x,
+# 1.06x): 32 ahead by under a millisecond at 65 and 257 tokens, 64 ahead by 14 % for inference at 50,178 and
+# level for training there. So 64: a tie on CIFAR-sized sequences, and the faster where the time is long.
 CPU_CHUNK_SIZE = 64
 GPU_CHUNK_SIZE = 256  # mamba-ssm's kernel default
 
