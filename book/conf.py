@@ -36,7 +36,8 @@ author = "the pixelvit authors"
 copyright = "pixelvit authors, MIT licence"
 root_doc = "README"
 
-extensions = ["myst_nb"]
+# sphinx-mathjax-offline: MathJax from the site itself (_static/mathjax), not from a CDN
+extensions = ["myst_nb", "sphinx-mathjax-offline"]
 include_patterns = ["README.md", "book/paper.md", "notebooks/[0-9]*.ipynb", "assignments/*/student/*.ipynb",
                     "results/README.md", "results/cifar10_nano/README.md", "assignments/README.md",
                     "notebooks/TIMINGS.md", "tools/README.md"]
@@ -52,6 +53,11 @@ nb_execution_timeout = 900  # seconds per cell; the slowest notebook takes about
 nb_execution_raise_on_error = True  # a notebook that fails fails the build
 nb_execution_show_tb = True  # ...and the log shows the traceback
 nb_merge_streams = True
+# Live widgets (tqdm's bars, the explorer) need a kernel and scripts from a CDN: the site shows their text
+# form instead (a bar's last state, e.g. "100%|##########| 150/150"), and loads no script from elsewhere.
+nb_ipywidgets_js = {}
+nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", -1),
+                              ("html", "application/vnd.jupyter.widget-state+json", -1)]
 nb_output_stderr = "remove"  # progress bars and warnings (tqdm writes to stderr); errors still fail the build
 
 # The paper's checkpoints are not downloaded while building: the site builds offline and the same way online.

@@ -35,6 +35,8 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 
+from pixelvit import paper
+
 pytest.importorskip("myst_nb", reason="the website's packages are in the `book` extra (pip install -e '.[book]')")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +134,7 @@ def test_the_site_builds_offline_with_every_page(site):
 
 def test_the_front_page_has_the_readme_story_and_the_three_ways_in(site):
     text = (SITE / "index.html").read_text()
-    for words in ("Scaling Laws in Patchification", "Student", "Instructor", "Researcher", "make test"):
+    for words in ("Scaling Laws in Patchification", "Student", "Instructor", "Researcher", "Two commands"):
         assert words in text, words
     links = {urlparse(href).path for href in Page(SITE / "index.html").links}
     for name in NOTEBOOKS:
@@ -152,9 +154,10 @@ def test_every_figure_of_a_notebook_is_on_its_page_and_no_error(site, name):
 
 
 def test_notebooks_that_draw_have_their_figures(site):
-    """The figure counts above are only as good as the execution: these notebooks draw, so > 0."""
+    """The figure counts above are only as good as the execution: every notebook but 00 (text only) and 06 (it
+    draws only with a downloaded checkpoint, and the site is built offline) draws, so > 0."""
     drawn = {name: image_outputs(REPO / "notebooks" / f"{name}.ipynb") for name in NOTEBOOKS}
-    assert all(drawn[name] > 0 for name in NOTEBOOKS if not name.startswith(("00", "07"))), drawn
+    assert all(drawn[name] > 0 for name in NOTEBOOKS if not name.startswith(("00", "06"))), drawn
 
 
 @pytest.mark.parametrize("name", STUDENT)
@@ -173,8 +176,11 @@ def test_the_results_page_has_its_figures(site):
 
 
 def test_the_paper_page_quotes_the_tables(site):
-    text = (SITE / "book" / "paper.html").read_text()
-    assert "as reported in Wang et al. 2025" in text and "84.6" in text and "967.99" in text
+    text = " ".join((SITE / "book" / "paper.html").read_text().split())
+    assert "as reported in Wang et al. 2025" in text
+    for table in paper.TABLES.values():  # every number as the paper prints it (0.36, not 0.4)
+        for value in (v for row in table.rows for v in row if isinstance(v, float)):
+            assert f"<td><p>{value}</p></td>" in text, (table.number, value)
     if (REPO.parent / "shared" / "paper" / "tables.md").is_file():
         assert "Table 3: COCO detection" in text
 
