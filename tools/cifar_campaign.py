@@ -33,14 +33,23 @@ patch 1 too), into ~/.cache/pixelvit/runs/cifar10_nano_gpu and results/cifar10_n
 
     python tools/cifar_campaign.py --budget gpu run && python tools/cifar_campaign.py --budget gpu collect
 
+The patch-1 pilot (why Adventurer nano at patch 1 loses to patch 2: one factor at a time, campaign/patch1.py)
+is a third budget with the same commands, into ~/.cache/pixelvit/runs/cifar10_patch1_pilot and
+results/cifar10_patch1_pilot:
+
+    python tools/cifar_campaign.py --budget patch1 plan      # each run's estimated hours and the total
+    python tools/cifar_campaign.py --budget patch1 start --parallel 2
+    python tools/cifar_campaign.py --budget patch1 collect   # runs.csv, gap.csv, gap.png, README.md
+
 This file is the command line; the campaign itself is the package beside it, one idea per module:
 
     campaign/jobs.py      the budget, one Job per run, the queue in its order
+    campaign/patch1.py    the patch-1 pilot's settings, its queue and each run's `pixelvit train` command
     campaign/folders.py   where each run is: its folder (manifest.json), its state, its metrics
     campaign/workers.py   job locks, `run` (a worker of the shared queue), `start` (detached workers)
     campaign/plan.py      the pilot, estimated speeds and hours, `plan`
-    campaign/rows.py      runs.csv, summary.csv and extend_vs_scale.csv rows from finished runs
-    campaign/figures.py   sweep.png and extend_vs_scale.png
+    campaign/rows.py      runs.csv, summary.csv, extend_vs_scale.csv and the pilot's gap.csv rows from finished runs
+    campaign/figures.py   sweep.png, extend_vs_scale.png and the pilot's gap.png
     campaign/report.py    `collect`: the tables, the figures and the generated README.md
 """
 
@@ -64,7 +73,8 @@ from campaign.workers import run, start  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tools/cifar_campaign.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", choices=sorted(jobs.BUDGETS), default="cpu",
-                        help="cpu: this course's 2-core machines; gpu: a CUDA machine (bf16, batch 256, 30 epochs)")
+                        help="cpu: this course's 2-core machines; gpu: a CUDA machine (bf16, batch 256, 30 epochs); "
+                             "patch1: the pilot of why patch 1 loses to patch 2 (campaign/patch1.py)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("plan", help="list every run with its state and estimated hours")
     commands.add_parser("run", help="train the queue in this process")

@@ -104,3 +104,61 @@ def extend_vs_scale_figure(ablation: list[dict]):
                title=f"Table 5, {paper.REPORTED}\n(not measured here)")
     figure.tight_layout()
     return figure
+
+
+def plot_gap(gaps: list[dict], seed_sd: float | None, path: Path):
+    """gap.png: gap_figure, written as a PNG."""
+    save_png(gap_figure(gaps, seed_sd), path)
+
+
+def gap_figure(gaps: list[dict], seed_sd: float | None):
+    """The patch-1 pilot (campaign.patch1), one line per setting, top to bottom in queue order. Left: top-1 at
+    patch 2 and patch 1. Right: the gap (patch 1 minus patch 2), +-1 sd of seed noise (rows.gap_rows), the
+    baseline's gap dashed, 0 dotted. Settings that have not finished at both patch sizes say "pending"."""
+    import math
+
+    from pixelvit.io import new_figure
+
+    figure = new_figure(figsize=(11, 0.45 * len(gaps) + 1.8))
+    left, right = figure.subplots(1, 2, sharey=True)
+    labels = [f"{g['setting']} ({g['factor']})" for g in gaps]
+    places = list(range(len(gaps)))[::-1]  # the first setting on top
+    done = [(y, g) for y, g in zip(places, gaps) if g["gap"] != ""]
+    for patch, colour, marker in ((2, "tab:blue", "o"), (1, "tab:red", "s")):
+        left.scatter([float(g[f"top1_p{patch}"]) for _, g in done], [y for y, _ in done], color=colour, marker=marker,
+                     label=f"patch {patch} ({(jobs.IMG_SIZE // patch) ** 2} tokens)", zorder=3)
+    left.hlines([y for y, _ in done], [float(g["top1_p2"]) for _, g in done], [float(g["top1_p1"]) for _, g in done],
+                color="grey", linewidth=1, zorder=2)
+    errors = [seed_sd * math.sqrt(1 / g["n_p2"] + 1 / g["n_p1"]) if seed_sd else 0 for _, g in done]
+    right.barh([y for y, _ in done], [float(g["gap"]) for _, g in done], xerr=errors or None, color="tab:purple",
+               alpha=0.7, capsize=3, label="patch 1 - patch 2" + (" (+-1 sd of seed noise)" if seed_sd else ""))
+    for (y, g), error in zip(done, errors):
+        gap = float(g["gap"])
+        right.annotate(f"{gap:+.2f}", (gap - error if gap < 0 else gap + error, y), textcoords="offset points",
+                       xytext=(-4 if gap < 0 else 4, 0), ha="right" if gap < 0 else "left", va="center", fontsize=8)
+    reach = max([abs(float(g["gap"])) + e for (_, g), e in zip(done, errors)] + [1.0])
+    right.set_xlim(-1.25 * reach, max(1.0, 0.25 * reach, *[float(g["gap"]) * 1.25 for _, g in done]))
+    right.axvline(0, color="black", linestyle=":", linewidth=1)
+    base = next((g for g in gaps if g["setting"] == "base" and g["gap"] != ""), None)
+    if base is not None:
+        right.axvline(float(base["gap"]), color="tab:purple", linestyle="--", linewidth=1, label="baseline's gap")
+    for y, g in zip(places, gaps):
+        if g["gap"] == "":
+            for axis in (left, right):
+                axis.text(0.5, y, "pending", transform=axis.get_yaxis_transform(), ha="center", va="center",
+                          fontsize=8, color="grey")
+    left.set_yticks(places, labels, fontsize=8)
+    left.set_ylim(-0.7, len(gaps) - 0.3)
+    left.set(xlabel="CIFAR-10 test top-1 (%)", ylabel="setting (one factor changed from base)",
+             title="top-1 at patch 2 and patch 1")
+    right.set(xlabel="gap: patch-1 top-1 minus patch-2 top-1 (points)", ylabel="setting (as on the left)",
+              title="the gap per setting")
+    for axis in (left, right):
+        axis.grid(axis="x", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"Why patch 1 loses to patch 2: adventurer_nano on CIFAR-10 at 32 x 32, seed 0, "
+                    f"{jobs.BUDGET.steps} steps of {jobs.BUDGET.batch} unless the setting changes it; "
+                    "measured here on CPU", fontsize=9)
+    figure.tight_layout()
+    return figure

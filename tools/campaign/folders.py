@@ -48,24 +48,36 @@ def run_dir(job: jobs.Job) -> Path:
 
 
 def committed_rows() -> dict[str, dict]:
-    """Rows of results/cifar10_nano/runs.csv by job name (same budget only): runs finished in an earlier
-    session, perhaps on another machine."""
+    """Rows of the budget's results/.../runs.csv by job name: runs finished in an earlier session, perhaps on
+    another machine (committed_row keeps those with the job's steps). The patch1 budget adds the runs it
+    shares with the cpu campaign (campaign.patch1.reused_rows), its own rows first."""
     import csv
 
+    rows = {}
+    if jobs.BUDGET.name == "patch1":
+        from campaign.patch1 import reused_rows
+
+        rows.update(reused_rows())
     path = jobs.BUDGET.results / "runs.csv"
-    if not path.exists():
-        return {}
-    with open(path) as handle:
-        return {row["name"]: row for row in csv.DictReader(handle) if int(row["steps"]) == jobs.BUDGET.steps}
+    if path.exists():
+        with open(path) as handle:
+            rows.update({row["name"]: row for row in csv.DictReader(handle)})
+    return rows
+
+
+def committed_row(job: jobs.Job, committed: dict) -> dict | None:
+    """The job's committed row, if it is a run of the job's budget (as many steps)."""
+    row = committed.get(job.name)
+    return row if row is not None and int(row["steps"]) == job.steps else None
 
 
 def state(job: jobs.Job, committed: dict) -> tuple[str, int]:
     """("done" | "committed" | "partial" | "pending", steps done)."""
     folder = run_dir(job)
     if (folder / "result.json").exists():
-        return "done", jobs.BUDGET.steps
-    if job.name in committed:
-        return "committed", jobs.BUDGET.steps
+        return "done", job.steps
+    if committed_row(job, committed) is not None:
+        return "committed", job.steps
     pointer = folder / "checkpoints" / "latest.json"
     if pointer.exists():
         return "partial", int(json.loads(pointer.read_text())["step"])

@@ -1,13 +1,14 @@
 """What the campaign runs: the budget every run gets, one Job per run, and the queue in the order it trains.
 
-`BUDGET` is the campaign this process works on (`--budget cpu`, the default, or `gpu`); every other
-module reads it as `jobs.BUDGET`, so main() and the tests choose it in one place.
+`BUDGET` is the campaign this process works on (`--budget cpu`, the default, `gpu`, or `patch1`: the
+patch-1-vs-patch-2 pilot of campaign/patch1.py); every other module reads it as `jobs.BUDGET`, so main()
+and the tests choose it in one place.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]  # tools/campaign/jobs.py -> the repository
@@ -27,19 +28,30 @@ class Budget:
     device: str
     vit_patch1: bool  # ViT at patch 1 (1,024 tokens of attention): only where a GPU makes it affordable
     workers: int = 0  # DataLoader workers (0: decode in the training process, best on 1-2 cores)
+    folder: str = ""  # the runs dir's and the results folder's name; "": cifar10_nano[_NAME]
+    # images/s by kind to plan with before results/<folder>/pilot.json exists (plan.pilot_speeds)
+    assumed_speeds: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def steps(self) -> int:
+        """Steps of a run that sets no steps of its own (every run but the pilot's budget settings)."""
         return self.epochs * (TRAIN_IMAGES // self.batch)
 
     @property
+    def folder_name(self) -> str:
+        return self.folder or f"cifar10_nano{'' if self.name == 'cpu' else '_' + self.name}"
+
+    @property
     def runs_dir(self) -> Path:  # outside the work tree; kept on the machine between sessions when it is
-        default = f"~/.cache/pixelvit/runs/cifar10_nano{'' if self.name == 'cpu' else '_' + self.name}"
+        default = f"~/.cache/pixelvit/runs/{self.folder_name}"
         return Path(os.environ.get("PIXELVIT_CAMPAIGN_RUNS", default)).expanduser()
 
     @property
     def results(self) -> Path:
-        return REPO / "results" / f"cifar10_nano{'' if self.name == 'cpu' else '_' + self.name}"
+        return REPO / "results" / self.folder_name
+
+
+STEP_OVERHEAD = 1.3  # a trainer's image costs ~1.3 training-step images: decoding, augmentation, batching
 
 
 BUDGETS = {
@@ -52,6 +64,14 @@ BUDGETS = {
     # a CUDA machine (bf16 autocast, pixelvit.train's default there): 30 epochs of 256, lr scaled by
     # sqrt(256 / 64), ViT at patch 1 too. Not yet run: no GPU numbers are committed.
     "gpu": Budget("gpu", epochs=30, batch=256, lr=4e-3, device="cuda", vit_patch1=True, workers=4),
+    # the pilot of why patch 1 loses to patch 2 (campaign/patch1.py): the cpu recipe at 1 epoch (781 steps),
+    # one factor changed per setting. Planned, until its own pilot.json exists, from the training step alone
+    # (pixelvit's fast path, 1 thread, a quiet machine, batch 64, measured 2026-12-07: adventurer_nano 167 /
+    # 45 / 12 img/s at patch 4 / 2 / 1) with the trainer's data loading on top (~30 % more time per image).
+    "patch1": Budget("patch1", epochs=1, batch=64, lr=2e-3, device="cpu", vit_patch1=False,
+                     folder="cifar10_patch1_pilot",
+                     assumed_speeds={f"adventurer_nano p{p}": round(rate / STEP_OVERHEAD, 1)
+                                     for p, rate in ((4, 167.0), (2, 45.0), (1, 12.0))}),
 }
 
 
@@ -68,6 +88,9 @@ class Job:
     seed: int
     method: str = "scale"
     factor: int = 1  # extend: the token grid is interpolated this many times per side
+    # a setting of the patch-1 pilot (campaign/patch1.py): its name and the TrainConfig fields it changes
+    setting: str = ""
+    overrides: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def tokens(self) -> int:
@@ -77,23 +100,50 @@ class Job:
     @property
     def name(self) -> str:
         kind = f"p{self.patch}" + (f"-{self.method}{self.factor}" if self.method != "scale" else "")
-        return f"{self.model}-{kind}-seed{self.seed}"
+        return f"{self.model}-{kind}{'-' + self.setting if self.setting else ''}-seed{self.seed}"
+
+    @property
+    def steps(self) -> int:
+        return self.overrides.get("steps", BUDGET.steps)
+
+    @property
+    def epochs(self) -> int:
+        """Test passes the run makes (one per epoch of TRAIN_IMAGES)."""
+        return max(1, self.steps // (TRAIN_IMAGES // BUDGET.batch))
+
+    @property
+    def model_args(self) -> dict:
+        """The model config fields the job changes (depth, embed_dim, d_state ...): what its speed depends on."""
+        return dict(self.overrides.get("model_args", {}))
 
     def config(self, steps: int | None = None, **overrides):
+        """The run's TrainConfig: the budget's recipe, then the setting's overrides, then `steps` / `overrides`."""
         from pixelvit.config import TrainConfig
 
         b = BUDGET
         extra = {self.method: self.factor} if self.method != "scale" else {}  # extend=f or upsample=f
         values = dict(model=self.model, dataset=DATASET, img_size=IMG_SIZE, patch_size=self.patch,
-                      steps=steps or b.steps, batch_size=b.batch, lr=b.lr, seed=self.seed, device=b.device,
+                      steps=b.steps, batch_size=b.batch, lr=b.lr, seed=self.seed, device=b.device,
                       runs_dir=str(b.runs_dir), eval_every=TRAIN_IMAGES // b.batch, checkpoint_every=25,
                       num_workers=b.workers, **extra)
+        values.update(self.overrides)
+        if steps:
+            values["steps"] = steps
         values.update(overrides)
         return TrainConfig(**values)
 
 
 def queue() -> list[Job]:
-    """Every run, most useful first: complete cells cheaply (cheapest first within seed 0, then seeds 1
+    """Every run of the budget's campaign in training order (the patch1 budget: campaign.patch1.queue)."""
+    if BUDGET.name == "patch1":
+        from campaign import patch1
+
+        return patch1.queue()
+    return sweep_queue()
+
+
+def sweep_queue() -> list[Job]:
+    """Every run of the sweep campaign (cpu and gpu budgets), most useful first: complete cells cheaply (cheapest first within seed 0, then seeds 1
     and 2 of the cheap cells), the ablation's seed 0, patch 2's other seeds, patch 1 beside the ablation's
     1,024-token run, the ablation's other seeds, the rest."""
     adv, vit = MODELS["adventurer"], MODELS["vit"]
@@ -115,4 +165,11 @@ def queue() -> list[Job]:
 
 
 def kind(job: Job) -> str:
-    return f"{job.model} p{job.patch}" + (f" {job.method} x{job.factor}" if job.method != "scale" else "")
+    """What a run's speed depends on: model, patch size, method and any model field it changes."""
+    changed = "".join(f" {key}={value}" for key, value in sorted(job.model_args.items()))
+    return f"{job.model} p{job.patch}" + (f" {job.method} x{job.factor}" if job.method != "scale" else "") + changed
+
+
+def plain_kind(job: Job) -> str:
+    """The unchanged model's scaled run with the job's token count (an extended run costs what that one costs)."""
+    return f"{job.model} p{job.patch // job.factor}"

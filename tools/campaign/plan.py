@@ -31,7 +31,8 @@ def pilot(args) -> int:
         for name, job in kinds.items():
             # fewer steps where a step is slow: the pilot measures a rate, not a result
             steps = args.steps if job.tokens <= 64 else max(10, args.steps // (2 if job.tokens <= 256 else 4))
-            config = job.config(steps=steps, runs_dir=tmp, eval_every=0, checkpoint_every=0, eval_samples=256)
+            config = job.config(steps=steps, runs_dir=tmp, eval_every=0, checkpoint_every=0, eval_samples=256,
+                                warmup_steps=None)  # a rate, not a result: a setting's long warmup would not fit
             started = time.perf_counter()
             result = train(config, progress=False)
             rows.append({"kind": name, "tokens": job.tokens, "steps": steps, "images_per_s": round(result.images_per_s, 2),
@@ -54,9 +55,10 @@ def pilot(args) -> int:
 
 
 def pilot_speeds() -> dict[str, float]:
+    """images/s by kind from the budget's pilot.json, else the speeds the budget assumes (jobs.BUDGETS)."""
     path = jobs.BUDGET.results / "pilot.json"
     if not path.exists():
-        return {}
+        return dict(jobs.BUDGET.assumed_speeds)
     return {row["kind"]: row["images_per_s"] for row in json.loads(path.read_text())["rows"]}
 
 
@@ -68,22 +70,38 @@ def measured_speeds(committed: dict) -> dict[str, float]:
     by_kind: dict[str, list[float]] = {}
     for job in jobs.queue():
         row = finished_row(job, committed)
-        if row is not None:
+        if row is not None and not row.get("source"):  # not a run reused from another campaign's code and load
             by_kind.setdefault(jobs.kind(job), []).append(float(row["images_per_s"]))
     return {name: statistics.median(values) for name, values in by_kind.items()}
 
 
+def cost_ratio(job: jobs.Job) -> float:
+    """How many times faster the job trains than the unchanged model at its patch size: the ratio of their
+    forward FLOPs (pixelvit.costs), 1.0 for a job that changes no model field."""
+    if not job.model_args:
+        return 1.0
+    from pixelvit.costs import estimate
+    from pixelvit.models import get_config
+
+    def flops(**fields) -> float:
+        return estimate(get_config(job.model, img_size=jobs.IMG_SIZE, patch_size=job.patch, **fields))["flops"]
+
+    return flops() / flops(**job.model_args)
+
+
 def estimated_speed(job: jobs.Job, pilot: dict, measured: dict) -> float | None:
     """Training images/s to expect: finished runs of the same kind, or of the scaled kind with the same token
-    count (an extended run costs what that one costs); else the pilot's, times the median of how much faster
-    the finished runs went than the pilot measured them (the load the pilot met is not the load now)."""
-    own, same_tokens = jobs.kind(job), f"{job.model} p{job.patch // job.factor}"
-    for name in (own, same_tokens):
-        if name in measured:
-            return measured[name]
+    count (an extended run costs what that one costs; a job that changes the model, its speed times
+    cost_ratio); else the pilot's, times the median of how much faster the finished runs went than the
+    pilot measured them (the load the pilot met is not the load now)."""
+    own, same_tokens = jobs.kind(job), jobs.plain_kind(job)
+    if own in measured:
+        return measured[own]
+    if same_tokens in measured:
+        return measured[same_tokens] * cost_ratio(job)
     import statistics
 
-    base = pilot.get(own) or pilot.get(same_tokens)
+    base = pilot.get(own) or (pilot[same_tokens] * cost_ratio(job) if pilot.get(same_tokens) else None)
     ratios = [measured[name] / pilot[name] for name in measured if pilot.get(name)]
     return base * statistics.median(ratios) if base and ratios else base
 
@@ -91,9 +109,8 @@ def estimated_speed(job: jobs.Job, pilot: dict, measured: dict) -> float | None:
 def hours_left(job: jobs.Job, steps_done: int, speed: float | None) -> float | None:
     if not speed:
         return None
-    b = jobs.BUDGET
-    evals = b.epochs * 10_000 / (3 * speed)  # a test pass per epoch, forward only (~1/3 of a training step)
-    return ((b.steps - steps_done) * b.batch / speed + evals * (1 - steps_done / b.steps)) / 3600
+    evals = job.epochs * 10_000 / (3 * speed)  # a test pass per epoch, forward only (~1/3 of a training step)
+    return ((job.steps - steps_done) * jobs.BUDGET.batch / speed + evals * (1 - steps_done / job.steps)) / 3600
 
 
 def current_speed(job: jobs.Job) -> float | None:
@@ -127,7 +144,12 @@ def plan(_args=None) -> int:
     pilot, measured = pilot_speeds(), measured_speeds(committed)
     total = 0.0
     print(f"runs dir: {jobs.BUDGET.runs_dir}   budget {jobs.BUDGET.name}: {jobs.BUDGET.steps} steps x {jobs.BUDGET.batch} images "
-          f"({jobs.BUDGET.epochs} epochs) per run")
+          f"({jobs.BUDGET.epochs} epoch{'s' if jobs.BUDGET.epochs > 1 else ''}) per run"
+          + (" unless its setting says otherwise" if any(j.setting for j in jobs.queue()) else ""))
+    print("images/s: " + ("finished runs', else " if measured else "") + (
+        f"{jobs.BUDGET.results / 'pilot.json'}" if (jobs.BUDGET.results / "pilot.json").exists()
+        else "the budget's assumed speeds (jobs.BUDGETS: training step alone x 1/1.3)"
+        if jobs.BUDGET.assumed_speeds else "no pilot.json yet: run `pilot`"))
     for index, job in enumerate(jobs.queue(), 1):
         status, steps = state(job, committed)
         left = hours_left(job, steps, estimated_speed(job, pilot, measured)) if status in ("partial", "pending") else 0.0
@@ -137,7 +159,7 @@ def plan(_args=None) -> int:
         status = "running" if pid else status
         interim = latest_evaluation(job) if status in ("running", "partial") else ""
         notes = ([f"pid {pid}{finish_estimate(job, steps)}"] if pid else []) + ([interim] if interim else [])
-        print(f"{index:2d}. {job.name:42s} {job.tokens:5d} tokens  {status:9s} {steps:5d}/{jobs.BUDGET.steps}  {hours}"
+        print(f"{index:2d}. {job.name:42s} {job.tokens:5d} tokens  {status:9s} {steps:5d}/{job.steps}  {hours}"
               + (f"  ({'; '.join(notes)})" if notes else ""))
     print(f"estimated single-thread hours left: {total:.1f} (at the images/s of finished runs; see estimated_speed); "
           "with `start --parallel 2` on an idle 2-core machine about half")

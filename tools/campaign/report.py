@@ -6,19 +6,24 @@ import time
 from pathlib import Path
 
 from campaign import jobs
-from campaign.figures import plot_extend_vs_scale, plot_sweep
+from campaign.figures import plot_extend_vs_scale, plot_gap, plot_sweep
 from campaign.folders import committed_rows, pinned_commit, state
 from campaign.rows import (
+    GAP_COLUMNS,
+    PILOT_RUN_COLUMNS,
     RUN_COLUMNS,
     SUMMARY_COLUMNS,
     extend_vs_scale_rows,
     finished_row,
+    gap_rows,
     summarise,
     write_csv,
 )
 
 
 def collect(_args=None) -> int:
+    if jobs.BUDGET.name == "patch1":
+        return collect_pilot()
     committed = committed_rows()
     queued = jobs.queue()
     rows = [row for job in queued if (row := finished_row(job, committed)) is not None]
@@ -127,4 +132,89 @@ def report(queued: list[jobs.Job], rows: list[dict], summary: list[dict], ablati
     lines += markdown_table(ablation, SUMMARY_COLUMNS) if ablation else ["No Adventurer run has finished yet."]
     lines += ["", ablation_verdict(ablation), "", "Files: runs.csv (one row per finished run, with top-1 after "
               "each epoch), summary.csv, extend_vs_scale.csv, sweep.png, extend_vs_scale.png, pilot.json.", ""]
+    return "\n".join(lines)
+
+
+def collect_pilot() -> int:
+    """results/cifar10_patch1_pilot/: runs.csv (finished runs only), gap.csv, gap.png and README.md."""
+    from campaign import patch1
+
+    committed = committed_rows()
+    queued = jobs.queue()
+    rows = [row for job in queued if (row := finished_row(job, committed)) is not None]
+    sd = patch1.seed_sd()
+    gaps = gap_rows(rows, sd)
+    out = jobs.BUDGET.results
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, PILOT_RUN_COLUMNS, out / "runs.csv")
+    write_csv(gaps, GAP_COLUMNS, out / "gap.csv")
+    plot_gap(gaps, sd, out / "gap.png")
+    (out / "README.md").write_text(pilot_report(queued, rows, gaps, committed, sd))
+    print(f"{len(rows)} of {len(queued)} runs finished -> {out}")
+    return 0
+
+
+def pilot_report(queued: list[jobs.Job], rows: list[dict], gaps: list[dict], committed: dict, sd: float | None) -> str:
+    from campaign import patch1
+    from campaign.plan import estimated_speed, hours_left, measured_speeds, pilot_speeds
+
+    pilot, measured = pilot_speeds(), measured_speeds(committed)
+    here = "python tools/cifar_campaign.py --budget patch1"
+    noise = (f"{sd:.2f} points, the largest seed sd of an Adventurer cell in results/cifar10_nano/summary.csv"
+             if sd else "not known (results/cifar10_nano/summary.csv is missing)")
+    lines = [
+        "# Why does patch 1 lose to patch 2? A pilot, one factor at a time",
+        "",
+        f"Written by `{here} collect`; do not edit by hand. Measured here, on CPU. The settings and why: "
+        "`tools/campaign/patch1.py`.",
+        "",
+        "In results/cifar10_nano (one recipe for every patch size, 3 epochs) Adventurer nano reaches 64.27 +- 0.57 "
+        "top-1 at patch 2 (n=3) and 57.98 at patch 1 (n=1). Each setting below changes one factor of that recipe "
+        f"at 1 epoch ({jobs.BUDGET.steps} steps of {jobs.BUDGET.batch}, the `base` setting) and trains it at patch 2 "
+        "(256 tokens) and patch 1 (1,024 tokens), seed 0; the gap is patch-1 top-1 minus patch-2 top-1 on all "
+        "10,000 test images. A setting that closes the gap points at the cause.",
+        "",
+        f"Seed noise: {noise}. A gap of single-seed runs has sd = noise x sqrt(2); within 2 sd of 0 (or of the "
+        "baseline's gap) means more seeds are needed before any reading.",
+        "",
+        f"## Status: {len(rows)} of {len(queued)} runs finished (collected {time.strftime('%Y-%m-%d %H:%M %Z')})",
+        "",
+        "Only finished runs enter runs.csv, gap.csv and gap.png. Continue the queue (skips finished runs, resumes "
+        f"a stopped one from its last checkpoint): `{here} start --parallel 2` (two workers on an idle 2-core "
+        f"machine; one without --parallel), watch with `{here} plan`, then `{here} collect` and commit this "
+        f"folder after every finished run: its rows are what a machine without the run folders "
+        f"(`{jobs.BUDGET.runs_dir.as_posix().replace(str(Path.home()), '~')}`) keeps"
+        + (f". The queue's code is pinned at commit {pinned_commit()[:12]}." if pinned_commit() else "."),
+        "",
+        "Hours: single-thread estimates at the images/s of finished runs of the same kind, else "
+        + ("this folder's pilot.json" if (jobs.BUDGET.results / "pilot.json").exists() else
+           "the training step alone measured on a quiet machine (jobs.BUDGETS['patch1']) with the trainer's data "
+           "loading on top") + "; a setting that changes the model scales them by its FLOPs (pixelvit.costs).",
+        "",
+        "| # | setting | factor | change from base | patch 2 | patch 1 | hours (p2 + p1) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for index, s in enumerate(patch1.SETTINGS, 1):
+        cells, hours = [], []
+        for job in (j for j in queued if j.setting == s.name):
+            status, steps = state(job, committed)
+            cells.append({"done": "finished", "committed": "finished (committed)"}.get(
+                status, f"step {steps} of {job.steps}" if status == "partial" else "pending"))
+            left = hours_left(job, steps, estimated_speed(job, pilot, measured)) if status in ("partial", "pending") else 0.0
+            hours.append(left)
+        total += sum(h or 0.0 for h in hours)
+        spent = " + ".join("?" if h is None else f"{h:.1f}" for h in hours)
+        lines.append(f"| {index} | {s.name} | {s.factor} | {s.change} | {' | '.join(cells)} | {spent} |")
+    lines += ["", f"Left: about {total:.1f} single-thread hours (about half with two workers).", "",
+              "## The gap per setting (gap.csv, gap.png)", "", "![gap](gap.png)", ""]
+    lines += markdown_table(gaps, GAP_COLUMNS)
+    lines += ["", "## The commands", "",
+              "Each run is this `pixelvit train` command (the same config hash, so the same run folder); the queue "
+              "runs them in this order with one thread (`OMP_NUM_THREADS=1`) at nice 15. A run of the `epochs3` "
+              "setting is a committed run of results/cifar10_nano (`source` in runs.csv) and is not trained again.",
+              "", "```"]
+    lines += [f"# {job.name}\nOMP_NUM_THREADS=1 {patch1.command(job)}" for job in queued]
+    lines += ["```", "", "Files: runs.csv (one row per finished run, top-1 after each epoch), gap.csv, gap.png, "
+              "README.md; pilot.json once `pilot` has measured the speeds on this machine.", ""]
     return "\n".join(lines)
