@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -229,7 +230,27 @@ def test_a_tiny_pilot_stops_resumes_exactly_and_collects(pilot, tmp_path, monkey
     assert pilot.folders.state(queue[1], {}) == ("pending", 0)
     assert pilot.workers.worker_of(queue[0]) is None  # the stopped worker let go of the job
 
+    # the work tree a `start --commit-rows` worker commits each finished run's rows into; someone else's staged file
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "notes.txt").write_text("someone else's work\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=tmp_path, check=True)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "test")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.org")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "test")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.org")
+    monkeypatch.setenv(pilot.workers.COMMIT_ENV, str(tmp_path))
     assert pilot.workers.run(None) == 0
+    log = subprocess.run(git + ["log", "--format=%s", "--name-only"], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout
+    subjects = [line for line in log.splitlines() if "finished (top-1" in line]
+    assert len(subjects) == 4 and subjects[-1].startswith(f"results/cifar10_patch1_pilot: {queue[0].name} finished")
+    assert "notes.txt" not in log  # committed: the results folder alone; the other file is still only staged
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=tmp_path, capture_output=True, text=True)
+    assert staged.stdout.split() == ["notes.txt"]
+    committed = subprocess.run(["git", "show", "HEAD:results/cifar10_patch1_pilot/runs.csv"], cwd=tmp_path,
+                               capture_output=True, text=True, check=True).stdout
+    assert len(committed.splitlines()) == 1 + 4  # every finished run's row, in git as the last one finished
     folder = pilot.folders.run_dir(queue[0])
     assert all((pilot.folders.run_dir(j) / "result.json").exists() for j in queue)
     never_stopped = pixelvit.train.train(dataclasses.replace(queue[0].config(), out=str(tmp_path / "reference")),

@@ -38,7 +38,7 @@ is a third budget with the same commands, into ~/.cache/pixelvit/runs/cifar10_pa
 results/cifar10_patch1_pilot:
 
     python tools/cifar_campaign.py --budget patch1 plan      # each run's estimated hours and the total
-    python tools/cifar_campaign.py --budget patch1 start --parallel 2
+    python tools/cifar_campaign.py --budget patch1 start --parallel 2 --commit-rows   # commits each finished row
     python tools/cifar_campaign.py --budget patch1 collect   # runs.csv, gap.csv, gap.png, README.md
 
 This file is the command line; the campaign itself is the package beside it, one idea per module:
@@ -84,6 +84,9 @@ def main(argv=None) -> int:
     start_parser.add_argument("--parallel", type=int, default=1, choices=range(1, 9), metavar="N",
                               help="N workers side by side, one thread each, sharing the queue (default 1; "
                                    "2 on an idle 2-core machine)")
+    start_parser.add_argument("--commit-rows", action="store_true",
+                              help="after each finished run, `collect` into this work tree and commit the results "
+                                   "folder alone (nothing else staged is committed)")
     pilot_parser = commands.add_parser("pilot", help="measure images/s of each kind of run")
     pilot_parser.add_argument("--steps", type=int, default=50)
     commands.add_parser("collect", help="write results/cifar10_nano from the finished runs")

@@ -6,7 +6,7 @@ recipe, trains each setting at patch 2 and at patch 1 (seed 0), and reports the 
 patch 2 top-1) per setting: a factor that closes the gap is a candidate cause.
 
     python tools/cifar_campaign.py --budget patch1 plan      # every run, its state and estimated hours
-    python tools/cifar_campaign.py --budget patch1 start --parallel 2
+    python tools/cifar_campaign.py --budget patch1 start --parallel 2 --commit-rows   # each finished row committed
     python tools/cifar_campaign.py --budget patch1 collect   # results/cifar10_patch1_pilot/
 
 The baseline is the campaign's recipe at 1 epoch (781 steps of 64), where the gap is already there (epoch 1

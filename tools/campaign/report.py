@@ -180,10 +180,10 @@ def pilot_report(queued: list[jobs.Job], rows: list[dict], gaps: list[dict], com
         f"## Status: {len(rows)} of {len(queued)} runs finished (collected {time.strftime('%Y-%m-%d %H:%M %Z')})",
         "",
         "Only finished runs enter runs.csv, gap.csv and gap.png. Continue the queue (skips finished runs, resumes "
-        f"a stopped one from its last checkpoint): `{here} start --parallel 2` (two workers on an idle 2-core "
-        f"machine; one without --parallel), watch with `{here} plan`, then `{here} collect` and commit this "
-        f"folder after every finished run: its rows are what a machine without the run folders "
-        f"(`{jobs.BUDGET.runs_dir.as_posix().replace(str(Path.home()), '~')}`) keeps"
+        f"a stopped one from its last checkpoint): `{here} start --parallel 2 --commit-rows` (two workers on an "
+        "idle 2-core machine, one without --parallel; --commit-rows: each worker runs `collect` and commits this "
+        f"folder alone as each run finishes), watch with `{here} plan`. This folder's rows are what a machine "
+        f"without the run folders (`{jobs.BUDGET.runs_dir.as_posix().replace(str(Path.home()), '~')}`) keeps"
         + (f". The queue's code is pinned at commit {pinned_commit()[:12]}." if pinned_commit() else "."),
         "",
         "Hours: single-thread estimates at the images/s of finished runs of the same kind, else "
