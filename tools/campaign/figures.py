@@ -121,7 +121,7 @@ def gap_figure(gaps: list[dict], seed_sd: float | None):
 
     figure = new_figure(figsize=(11, 0.45 * len(gaps) + 1.8))
     left, right = figure.subplots(1, 2, sharey=True)
-    labels = [f"{g['setting']} ({g['factor']})" for g in gaps]
+    labels = [f"{g['setting']} ({g['varies']})" for g in gaps]
     places = list(range(len(gaps)))[::-1]  # the first setting on top
     done = [(y, g) for y, g in zip(places, gaps) if g["gap"] != ""]
     for patch, colour, marker in ((2, "tab:blue", "o"), (1, "tab:red", "s")):

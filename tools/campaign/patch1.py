@@ -40,7 +40,7 @@ class Setting:
     """One row of the pilot: the TrainConfig fields it changes from the baseline (`overrides`)."""
 
     name: str  # in the job names: adventurer_nano-p1-<name>-seed0
-    factor: str  # which factor of the issue it varies
+    factor: str  # which factor it varies (the gap table's `varies` column)
     change: str  # what it sets, in words
     overrides: dict = field(default_factory=dict, hash=False)
     seeds: tuple = (0,)  # one seed each; add seeds where the gap comes out within noise (README's verdicts)

@@ -12,7 +12,7 @@ RUN_COLUMNS = ["name", "model", "method", "patch_size", "factor", "tokens", "see
                "eval_loss", "top1_by_epoch", "wall_s", "images_per_s", "device", "config_hash"]
 # the patch-1 pilot's runs.csv: the setting beside the name, and where a reused run's row came from
 PILOT_RUN_COLUMNS = RUN_COLUMNS[:1] + ["setting"] + RUN_COLUMNS[1:] + ["source"]
-GAP_COLUMNS = ["setting", "factor", "change", "top1_p2", "top1_p1", "gap", "n_p2", "n_p1", "verdict"]
+GAP_COLUMNS = ["setting", "varies", "change", "top1_p2", "top1_p1", "gap", "n_p2", "n_p1", "verdict"]
 
 
 SUMMARY_COLUMNS = ["model", "method", "patch_size", "factor", "tokens", "n", "mean", "sd", "min", "max", "seeds"]
@@ -106,7 +106,7 @@ def gap_rows(rows: list[dict], seed_sd: float | None) -> list[dict]:
     for s in SETTINGS:
         top1 = {p: [float(r["top1"]) for r in rows if r.get("setting") == s.name and int(r["patch_size"]) == p]
                 for p in (2, 1)}
-        row = {"setting": s.name, "factor": s.factor, "change": s.change, "n_p2": len(top1[2]), "n_p1": len(top1[1]),
+        row = {"setting": s.name, "varies": s.factor, "change": s.change, "n_p2": len(top1[2]), "n_p1": len(top1[1]),
                "top1_p2": "", "top1_p1": "", "gap": "", "verdict": ""}
         if not (top1[2] and top1[1]):
             missing = " and ".join(f"patch {p}" for p in (2, 1) if not top1[p])
