@@ -273,3 +273,30 @@ def test_a_tiny_pilot_stops_resumes_exactly_and_collects(pilot, tmp_path, monkey
     with open(out / "runs.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4
     assert "4 of 4 runs finished" in (out / "README.md").read_text()
+
+
+def test_start_commit_rows_tells_each_worker_the_work_tree_to_commit_into(pilot, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path))
+    revision = "0123456789ab" + "0" * 28
+    (tmp_path / "code" / revision[:12]).mkdir(parents=True)  # the pinned copy exists: nothing is archived
+    (tmp_path / "code" / "PINNED").write_text(revision + "\n")
+    started = []
+
+    class Started:
+        pid = 4242
+
+    def detach(command, cwd, env, log, nice=15):
+        started.append((command, env))
+        return Started()
+
+    monkeypatch.setattr(pilot.workers, "detach", detach)
+    monkeypatch.setattr(pilot.workers.time, "sleep", lambda s: None)
+    monkeypatch.delenv(pilot.workers.COMMIT_ENV, raising=False)
+    for commit_rows in (True, False):
+        args = argparse.Namespace(new_code=False, parallel=2, commit_rows=commit_rows)
+        assert pilot.workers.start(args) == 0
+    assert [c[-3:] for c, _ in started] == [["--budget", "patch1", "run"]] * 4
+    assert [env.get(pilot.workers.COMMIT_ENV) for _, env in started] == [str(pilot.jobs.REPO)] * 2 + [None] * 2
+    assert "commit 0123456789ab" in capsys.readouterr().out
