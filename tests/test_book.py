@@ -2,9 +2,10 @@
 
 The site is built once per test session into _build/html/, with the command `make book` runs (the first test
 checks they are the same), inside a network namespace with loopback only (`unshare -rn`, where the system
-allows it), so a theme or extension that downloads anything at build time fails here. On a clean clone that
-build executes all nine notebooks at their default settings (about 8 minutes on 2 CPU cores, see README);
-after that the notebooks come from the execution cache and a build takes seconds.
+allows it), so a theme or extension that downloads anything at build time fails here. On a clean clone (CI) that
+build executes all nine notebooks at their default settings (13.6 minutes on 2 shared CPU cores, see README;
+the browser checks add about a minute); after that the notebooks come from the execution cache and a build
+takes seconds.
 
 Then, without a browser: every page exists, the front page has the README's story and the three ways in,
 every notebook page has every figure its notebook made and no error output, the student notebooks are
