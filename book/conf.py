@@ -42,7 +42,7 @@ include_patterns = ["README.md", "book/paper.md", "notebooks/[0-9]*.ipynb", "ass
                     "results/README.md", "results/cifar10_nano/README.md", "assignments/README.md",
                     "notebooks/TIMINGS.md", "tools/README.md"]
 # not even walked: environments, build and run outputs, the assignments' masters and solutions
-exclude_patterns = [".*", "_build", "runs", "outputs", "test-artifacts", "build", "dist", "*.egg-info",
+exclude_patterns = [".*", "_build", "book/_static", "runs", "outputs", "test-artifacts", "build", "dist", "*.egg-info",
                     "assignments/*/master", "assignments/*/dist", "**/.ipynb_checkpoints"]
 
 # ---- notebooks -------------------------------------------------------------------------------
@@ -78,7 +78,8 @@ html_theme_options = {
     "use_download_button": True,
     "home_page_in_toc": True,
 }
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["course.css"]
 html_last_updated_fmt = None
 html_show_sourcelink = False
 
