@@ -52,7 +52,7 @@ costs: setup
 	$(VENV)/bin/pixelvit costs --model vit_tiny --img-size 224 --patch-sizes 16 8 4 2 1 --out outputs
 
 test: setup
-	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks tools assignments/make_assignments.py
+	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks tools book assignments/make_assignments.py
 	$(PY) -m pytest
 
 # -q: warnings and errors only; the pages land in _build/html/, the executed notebooks in _build/.jupyter_cache/.
@@ -69,7 +69,7 @@ assignments: setup
 	$(PY) assignments/make_assignments.py
 
 lint: setup
-	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks tools assignments/make_assignments.py
+	$(VENV)/bin/ruff check pixelvit pixelvit_cli.py tests benchmarks tools book assignments/make_assignments.py
 
 constraints:
 	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
