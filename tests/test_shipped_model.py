@@ -37,6 +37,16 @@ def test_shipped_model_names_cifar_classes_and_resamples():
         assert (patch_size != 4) == any("resampled" in note for note in view.notes)
 
 
+def test_shipped_model_gets_the_demo_cat_right_at_its_own_patch_size():
+    """Notebooks 05 and 07 start the resampling lesson from a correct answer: the cat photo is a cat at
+    patch 4 (the model shipped before this one called it a frog, 54 %)."""
+    from pixelvit import explorer
+
+    view = explorer.compute_view("chelsea", 4, "checkpoint: cifar10_adventurer_nano")
+    probability, _, label = view.predictions[0]
+    assert label == "cat" and probability > 0.3
+
+
 @pytest.mark.shared_data
 @pytest.mark.skipif(not (shared_data_dir() / "cifar10_jpeg.tar.gz").exists(),
                     reason="needs ../shared/data/cifar10_jpeg.tar.gz (the course's CIFAR-10 copy)")
