@@ -1,6 +1,6 @@
 """Train, measure and ship the small CIFAR-10 model that the explorer and notebook 05 use offline.
 
-    OMP_NUM_THREADS=1 nice -n 10 python tools/ship_cifar_model.py   # train 10 epochs (~50 min on one core), measure, ship
+    OMP_NUM_THREADS=1 nice -n 10 python tools/ship_cifar_model.py   # train 10 epochs (83 min on one core beside other jobs), measure, ship
     python tools/ship_cifar_model.py --measure-only         # re-measure the shipped files only
 
 Needs the course's CIFAR-10 copy (../shared/data/cifar10_jpeg.tar.gz, read in place, never copied here).
