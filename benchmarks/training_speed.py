@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.machine import median, spread
+from benchmarks.report import table
 
 TARGET_FRACTION, TARGET_SPEEDUP = 0.35, 1.5
 MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")  # the profile's matrix products
@@ -139,7 +140,7 @@ def markdown(section: dict) -> list[str]:
         header += [f"{t} thr: img/s", f"{t} thr: GFLOP/s", f"{t} thr: of matmul", f"{t} thr: faults/step",
                    f"{t} thr: system s/step"]
     header += [f"{threads[-1]} vs {threads[0]} threads"] if len(threads) > 1 else []
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for r in section["rows"]:
         cells = [r["model"], f"{r['patch_size']} ({r['tokens']:,})", r["variant"]]
         for t in threads:
@@ -147,7 +148,8 @@ def markdown(section: dict) -> list[str]:
             cells += [f"{m['img_per_s']:.1f}", f"{m['gflops']:.1f}", f"{m['fraction_of_matmul']:.2f}",
                       f"{m['faults_per_step']:,.0f}", f"{m['system_s_per_step']:.2f}"]
         cells += [f"{r['speedup']:.2f}x"] if "speedup" in r else []
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = table(header, rows)
     lines += ["", f"Batch {section['batch_size']} of random {section['img_size']}x{section['img_size']} images; "
               "cross-entropy, backward, clip 1.0, AdamW; work = 3 x forward FLOPs (pixelvit.costs); "
               "'of matmul' = GFLOP/s over a 1024^3 fp32 matmul measured in the same process at the same "

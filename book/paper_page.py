@@ -29,16 +29,6 @@ def held_by_pixelvit(heading: str) -> bool:
     return bool(match) and int(match[1]) in paper.TABLES
 
 
-def table_markdown(table: paper.PaperTable) -> str:
-    """A table as the paper prints it: every number as written (str, not rounded), empty cells empty."""
-    def cell(value) -> str:
-        return "" if value is None else str(value)
-
-    lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.rows]
-    return "\n".join(lines + (["", table.note] if table.note else []))
-
-
 def page(shared: dict[str, str]) -> str:
     lines = [
         "# The paper's tables, as reported",
@@ -53,7 +43,7 @@ def page(shared: dict[str, str]) -> str:
         "(`from pixelvit import paper; paper.get(1).records()`).",
     ]
     for table in paper.TABLES.values():
-        lines += ["", table_markdown(table)]
+        lines += ["", table.to_markdown(digits=None)]  # every number as the paper prints it
     lines += ["", "## The other tables", ""]
     others = {heading: body for heading, body in shared.items() if not held_by_pixelvit(heading)}
     if not others:

@@ -49,12 +49,13 @@ class PaperTable:
         index = self.columns.index(name)
         return [row[index] for row in self.rows]
 
-    def to_markdown(self, digits: int = 1) -> str:
-        """A Markdown table with the caption as a heading line and the citation underneath."""
+    def to_markdown(self, digits: int | None = 1) -> str:
+        """A Markdown table with the caption as a heading line and the citation underneath; floats with
+        `digits` decimals, or as the paper prints them (not rounded) with digits=None."""
         def cell(value) -> str:
             if value is None:
                 return ""
-            return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+            return f"{value:.{digits}f}" if isinstance(value, float) and digits is not None else str(value)
 
         lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
                  "|" + "---|" * len(self.columns)]

@@ -30,7 +30,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from pixelvit.ops.ssd import default_chunk_size, select_backend, ssd_fast
+from pixelvit.ops.ssd import autocast_on, default_chunk_size, select_backend, ssd_fast
 
 # Rows (batch x tokens) per streamed block; tokens rounded to a multiple of the chunk. One block's temporaries
 # (in_proj's 3,152 channels, the chunked scan's chunk x chunk matrices per head, the MLP) are ~0.1 MB per row
@@ -60,16 +60,9 @@ def is_tracing() -> bool:
     return bool(is_fx() or torch.compiler.is_compiling())
 
 
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except (TypeError, RuntimeError):  # older torch: no device argument
-        return torch.is_autocast_enabled()
-
-
 def use_fast_path(mixer, u: torch.Tensor) -> bool:
     """Whether `Mamba2Mixer.forward` should hand over to `fast_forward` (same result, less memory)."""
-    if getattr(_local, "readable", False) or is_tracing() or _autocast_on(u.device.type):
+    if getattr(_local, "readable", False) or is_tracing() or autocast_on(u.device.type):
         return False
     if select_backend(u.device, mixer.scan_backend) != "reference":
         return False  # a CUDA kernel runs the scan: the readable forward around it is the fast path there

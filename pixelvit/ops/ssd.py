@@ -515,10 +515,14 @@ def ssd_scan(x, dt, A, B, C, chunk_size=None, D=None, backend="auto"):
         return ssd_streaming(x, dt, A, B, C, chunk_size=chunk_size, D=D)
 
 
-def _autocast_off(device_type: str):
-    """A context without autocast on `device_type` (a no-op where autocast is off or unsupported)."""
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for `device_type` (also used by pixelvit.ops.mixer)."""
     try:
-        on = torch.is_autocast_enabled(device_type)
-    except (TypeError, RuntimeError):  # an older torch or a device type without autocast
-        on = torch.is_autocast_enabled()
-    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
+        return torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # an older torch (no device argument) or a device type without autocast
+        return torch.is_autocast_enabled()
+
+
+def _autocast_off(device_type: str):
+    """A context without autocast on `device_type` (a no-op where autocast is off)."""
+    return torch.autocast(device_type, enabled=False) if autocast_on(device_type) else contextlib.nullcontext()

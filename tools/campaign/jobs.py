@@ -66,8 +66,11 @@ BUDGETS = {
     "gpu": Budget("gpu", epochs=30, batch=256, lr=4e-3, device="cuda", vit_patch1=True, workers=4),
     # the pilot of why patch 1 loses to patch 2 (campaign/patch1.py): the cpu recipe at 1 epoch (781 steps),
     # one factor changed per setting. Planned, until its own pilot.json exists, from the training step alone
-    # (pixelvit's fast path, 1 thread, a quiet machine, batch 64, measured 2026-12-07: adventurer_nano 167 /
-    # 45 / 12 img/s at patch 4 / 2 / 1) with the trainer's data loading on top (~30 % more time per image).
+    # (pixelvit's fast path, 1 thread, batch 64, adventurer_nano 167 / 45 / 12 img/s at patch 4 / 2 / 1: the
+    # morning of 2026-12-07, a quick step timing at patch 4 and section 7 of that day's first benchmark run)
+    # with the trainer's data loading on top (~30 % more time per image). The committed full benchmark of the
+    # same afternoon gave 98 / 35 / 10 img/s: single-thread speed on this VM moves by up to a third, so the
+    # hours are estimates until the pilot's own finished runs replace them.
     "patch1": Budget("patch1", epochs=1, batch=64, lr=2e-3, device="cpu", vit_patch1=False,
                      folder="cifar10_patch1_pilot",
                      assumed_speeds={f"adventurer_nano p{p}": round(rate / STEP_OVERHEAD, 1)

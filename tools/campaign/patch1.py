@@ -31,8 +31,7 @@ from campaign import jobs
 
 MODEL = "adventurer_nano"
 PATCHES = (2, 1)  # both sides of the gap; patch 2 first (the cheaper run)
-BASE_STEPS = jobs.TRAIN_IMAGES // 64  # 1 epoch of 64-image steps: the patch1 budget's steps
-EPOCH = BASE_STEPS
+EPOCH = jobs.TRAIN_IMAGES // 64  # steps of 64 images in one epoch: the baseline's (the patch1 budget's) steps
 
 
 @dataclass(frozen=True)
