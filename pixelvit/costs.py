@@ -160,12 +160,14 @@ def _adventurer_costs(config, chunk_size: int = SCAN_CHUNK_SIZE) -> dict:
         "head": 2 * width * config.num_classes,
     }
     # Values kept for backward per token and block. The Mamba-2 mixer trains memory-lean
-    # (pixelvit.ops.mixer.MemoryLeanMixer keeps only its input and recomputes the rest in backward), so:
+    # (pixelvit.ops.mixer_autograd.MixerFunction keeps its input and the SSM states entering each chunk,
+    # d_state x headdim per head and chunk, and recomputes the rest in backward), so:
     # the two RMSNorms' inputs and normalized values (before the weight), the mixer's input, the MLP
     # norm's output, and the SwiGLU's w1/w2 outputs, SiLU and product. tests/test_costs.py checks it
     # against what autograd saves (saved_tensors_hooks); benchmarks/training_memory.py measures it.
     per_token_values = 6 * width + 4 * mlp_hidden
-    activation_bytes = depth * mixer_tokens * per_token_values * BYTES_PER_VALUE
+    chunk_states = -(-mixer_tokens // chunk_size) * nheads * config.d_state * config.headdim
+    activation_bytes = depth * (mixer_tokens * per_token_values + chunk_states) * BYTES_PER_VALUE
     return {"tokens": tokens, "mixer_tokens": mixer_tokens, "params_breakdown": params, "flops_breakdown": flops,
             "activation_bytes": activation_bytes}
 

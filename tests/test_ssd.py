@@ -430,59 +430,6 @@ def test_streaming_block_matches_readable(flip, tokens, block_tokens):
     assert not fast.use_streaming_block(block.train(), x)  # drop path is random in training mode
 
 
-def test_memory_lean_mixer_gradcheck():
-    """MemoryLeanMixer's gradients (input and every parameter) match finite differences in float64."""
-    from pixelvit.ops.mixer import MemoryLeanMixer
-
-    mixer = _small_mixer(chunk_size=4)
-    names, params = zip(*mixer.named_parameters(), strict=True)
-    u = torch.randn(1, 11, 16, dtype=torch.float64, requires_grad=True)
-
-    def f(u, *values):
-        out = torch.func.functional_call(mixer, dict(zip(names, values, strict=True)), (u,))  # readable
-        lean = MemoryLeanMixer.apply(u, mixer, *mixer.parameters())
-        return lean, out
-
-    lean, out = f(u, *params)
-    assert rel_err(lean, out) <= 1e-12
-    assert torch.autograd.gradcheck(lambda u, *p: MemoryLeanMixer.apply(u, mixer, *mixer.parameters()),
-                                    (u, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
-
-
-def test_memory_lean_mixer_gradients_and_saved_tensors():
-    """Training through forward() takes the memory-lean path: the same gradients as the readable forward,
-    and autograd keeps only the mixer's input (plus the parameters) instead of every intermediate."""
-    from pixelvit.ops import mixer as fast
-
-    mixer = _small_mixer()
-    u0 = torch.randn(2, 77, 16, dtype=torch.float64)
-    w = torch.randn(2, 77, 16, dtype=torch.float64)
-    grads, saved = [], []
-    for readable in (True, False):
-        mixer.zero_grad()
-        u = u0.clone().requires_grad_()
-        storages = {}
-
-        def pack(t, storages=storages):
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            if readable:
-                with fast.readable_mixer():
-                    out = mixer(u)
-            else:
-                out = mixer(u)
-        (out * w).sum().backward()
-        grads.append([u.grad] + [p.grad.clone() for p in mixer.parameters()])
-        param_bytes = {p.untyped_storage().data_ptr() for p in mixer.parameters()}
-        saved.append(sum(n for ptr, n in storages.items() if ptr not in param_bytes))
-    for g_ref, g in zip(*grads, strict=True):
-        assert rel_err(g, g_ref) <= 1e-12
-    assert saved[1] == u0.numel() * 8  # only u
-    assert saved[0] > 10 * saved[1]
-
-
 def test_fast_path_is_off_where_it_must_be(monkeypatch):
     from pixelvit.ops import mixer as fast
 
@@ -779,6 +726,13 @@ def test_describe_backends_names_the_scans_a_model_runs(monkeypatch):
             if hasattr(module, name):
                 real = getattr(module, name)
                 monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    from pixelvit.ops import mixer_autograd, ssd_autograd
+
+    real_forward, real_backward = mixer_autograd.scan_forward, ssd_autograd.ChunkedSSD.backward
+    monkeypatch.setattr(mixer_autograd, "scan_forward",
+                        lambda *a, **k: calls.append("scan_forward") or real_forward(*a, **k))
+    monkeypatch.setattr(ssd_autograd.ChunkedSSD, "backward",
+                        lambda *a, **k: calls.append("ChunkedSSD.backward") or real_backward(*a, **k))
     model = create_model("adventurer_nano", img_size=8, patch_size=2)
     images = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
@@ -790,7 +744,8 @@ def test_describe_backends_names_the_scans_a_model_runs(monkeypatch):
     text = describe_backends()
     runs = re.search(r"Runs in a model: training: (.+?); inference: (.+?); chunk (\d+) on CPU", text)
     assert runs, text
-    assert set(re.findall(r"ssd_\w+", runs[1])) == training == {"ssd_fast", "ssd_trainable"}
+    assert training == {"scan_forward", "ChunkedSSD.backward"}
+    assert all(name in runs[1] for name in training) and "mixer_autograd" in runs[1]
     assert set(re.findall(r"ssd_\w+", runs[2])) == inference == {"ssd_fast"}
     assert int(runs[3]) == ssd.CPU_CHUNK_SIZE == ssd.default_chunk_size("cpu")
 

@@ -10,15 +10,16 @@ Adventurer-Tiny), and autograd keeps about twenty of them per layer. Two situati
   block with. Memory is the input, the output and one block's temporaries; the matmuls still see
   1024-row blocks, and no temporary is a fresh 233 MB allocation.
   `streaming_block` does the same for a whole Adventurer block (norms, mean token, flip, MLP).
-* Training - `MemoryLeanMixer`, a torch.autograd.Function: its forward is `streaming_forward` (no graph),
-  it keeps only the mixer's input u for backward, and its backward recomputes the readable forward with
-  autograd on and backpropagates through it. This is what mamba-ssm's fused kernels and gradient
-  checkpointing do: one extra forward of the mixer for a fraction of the memory.
+* Training - `pixelvit.ops.mixer_autograd.MixerFunction`, the whole mixer as one torch.autograd.Function:
+  it keeps only the mixer's input u and the scan's per-chunk states for backward, and its backward
+  recomputes the cheap front (in_proj, conv, SiLU) and runs every derivative written out by hand. This is
+  what mamba-ssm's fused kernels and gradient checkpointing do: a little recomputation for a fraction of
+  the memory.
 
 `Mamba2Mixer.forward` calls `fast_forward` when `use_fast_path` says so (the reference scan backend, not
-while torch.fx traces, not under autocast, not inside the backward's recompute); `mixer.memory_lean =
-False` turns the training path off. tests/test_ssd.py checks both against the readable forward in float64
-(outputs, gradients, gradcheck).
+while torch.fx traces, not under autocast, not inside `readable_mixer()`); `mixer.memory_lean =
+False` turns the training path off. tests/test_ssd.py (streaming) and tests/test_mixer_autograd.py (training)
+check both against the readable forward in float64 (outputs, gradients, gradcheck).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from pixelvit.ops.mixer_autograd import mixer_trainable
 from pixelvit.ops.ssd import autocast_on, default_chunk_size, select_backend, ssd_fast
 
 # Rows (batch x tokens) per streamed block; tokens rounded to a multiple of the chunk. One block's temporaries
@@ -44,7 +46,7 @@ _local = threading.local()  # per thread: inside `readable_mixer()`?
 
 @contextmanager
 def readable_mixer():
-    """Inside this context every Mamba2Mixer runs its readable forward (MemoryLeanMixer's backward uses it)."""
+    """Inside this context every Mamba2Mixer runs its readable forward (tests and benchmarks compare with it)."""
     previous = getattr(_local, "readable", False)
     _local.readable = True
     try:
@@ -72,9 +74,9 @@ def use_fast_path(mixer, u: torch.Tensor) -> bool:
 
 
 def fast_forward(mixer, u: torch.Tensor) -> torch.Tensor:
-    """The mixer's output for u (B, L, d_model): streamed without gradients, memory-lean with them."""
+    """The mixer's output for u (B, L, d_model): streamed without gradients, MixerFunction with them."""
     if torch.is_grad_enabled():
-        return MemoryLeanMixer.apply(u, mixer, *mixer.parameters())
+        return mixer_trainable(mixer, u)
     return streaming_forward(mixer, u)
 
 
@@ -189,33 +191,3 @@ def streaming_block(block, x: torch.Tensor, block_tokens: int = BLOCK_TOKENS) ->
         else:
             out[:, first - 1:end - 1] = x_rows
     return out
-
-
-class MemoryLeanMixer(torch.autograd.Function):
-    """mixer(u) that keeps only u for backward and recomputes the rest there.
-
-    apply(u, mixer, *mixer.parameters()): the parameters are passed so that autograd knows the output
-    depends on them and asks for their gradients. Forward: `streaming_forward`, no graph. Backward: the
-    readable forward again with autograd on (inside `readable_mixer()`), then torch.autograd.grad through
-    it. Gradients equal the readable forward's (float64 gradcheck in tests/test_ssd.py). Not twice
-    differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, u, mixer, *params):
-        ctx.mixer = mixer
-        ctx.save_for_backward(u)
-        return streaming_forward(mixer, u)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (u,) = ctx.saved_tensors
-        params = list(ctx.mixer.parameters())
-        needs = [ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]]
-        u = u.detach().requires_grad_(needs[0])
-        wanted = [t for t, need in zip([u, *params], needs, strict=True) if need]
-        with torch.enable_grad(), readable_mixer():
-            out = ctx.mixer(u)
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
-        grad_u, *grad_params = [next(grads) if need else None for need in needs]
-        return (grad_u, None, *grad_params)

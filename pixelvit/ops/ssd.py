@@ -27,8 +27,8 @@ Several ways to compute the same y, all with mamba_chunk_scan_combined's argumen
                      hand-derived backward) and `ssd_streaming` when not.
 
 What a model runs on the reference backend (`describe_backends()` says it too): inference, `ssd_fast` on
-the 1,024-token blocks pixelvit.ops.mixer streams; training, the same forward and then `ssd_trainable`
-in the backward's recompute. `ssd_chunked` and `ssd_sequential` are what those are tested against.
+the 1,024-token blocks pixelvit.ops.mixer streams; training, the mixer as one autograd Function
+(pixelvit.ops.mixer_autograd) around `ssd_trainable`'s pieces (ChunkedSSD: forward, then backward). `ssd_chunked` and `ssd_sequential` are what those are tested against.
 
 Shapes (letters as in the Mamba-2 paper and ssd_minimal.py):
     b batch, L length, h nheads, p headdim, g ngroups (h % g == 0), n d_state,
@@ -402,9 +402,9 @@ def describe_backends():
     """A human-readable report: which backend `ssd_scan(backend="auto")` uses, why not the others, and which
     functions of this module run in a model on the reference backend, at which chunk length."""
     lines = ["SSD scan backends (auto: mamba_ssm, then fla, for CUDA tensors; reference otherwise):",
-             "  reference  available: plain PyTorch, any device. Runs in a model: training: ssd_fast forward,"
-             " streamed without a graph, then ssd_trainable (its backward written by hand) in the backward's"
-             " recompute; inference: ssd_fast, on 1,024-token blocks (pixelvit.ops.mixer); chunk"
+             "  reference  available: plain PyTorch, any device. Runs in a model: training: scan_forward, then"
+             " ChunkedSSD.backward (ssd_trainable's pieces, pixelvit.ops.ssd_autograd: the backward written by"
+             " hand) inside the mixer's own autograd Function (pixelvit.ops.mixer_autograd); inference: ssd_fast, on 1,024-token blocks (pixelvit.ops.mixer); chunk"
              f" {CPU_CHUNK_SIZE} on CPU (the sweep in benchmarks/results/results.md, section 2), {GPU_CHUNK_SIZE}"
              " on CUDA. Tested against ssd_chunked (readable) and ssd_sequential (the definition)."]
     for name, (module, attr, _, hint) in _KERNELS.items():

@@ -59,7 +59,7 @@ def _layout(x, dt, A, B, C, Q):
     return X, a, Bg, Cg
 
 
-def _decay_mask(a, CB, g):
+def _decay_mask(a, g):
     """exp(a_l - a_s) for l >= s (1 above the diagonal, where CB is 0): (b, g, r, c, Q, Q), one buffer."""
     b, h, c, Q = a.shape
     # clamp at 0 instead of -inf above the diagonal: exp(-inf) leaves the CPU's SIMD path (~30x slower)
@@ -76,51 +76,54 @@ def _pass_states(states, chunk_decay, state):
     return states_in, state
 
 
-class SSDFunction(torch.autograd.Function):
-    """y = ssd_chunked(x, dt, A, B, C, chunk_size, D, initial_state), differentiated by hand (see the module)."""
+class ChunkedSSD:
+    """The chunked scan of one set of inputs: its output given the states entering each chunk, and its backward.
 
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size):
-        batch, seqlen, h, p, g, n = check_shapes(x, dt, A, B, C, D, initial_state)
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        out_dtype = x.dtype
-        ctx.input_dtypes = tuple(t.dtype for t in (x, dt, A, B, C))
-        x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
-        X, a, Bg, Cg = _layout(x, dt, A, B, C, chunk_size)
-        b, _, c, Q, _ = X.shape
-        r = h // g
+    Both need the same chunked layout and the same Q x Q matrices (CB, the decay mask L and M = L * CB), so
+    they are built once here and kept: SSDFunction uses it for a scan alone, pixelvit.ops.mixer_autograd for
+    the whole mixer (whose backward needs the scan's output first, for the norm, and then its gradients).
+    Inputs in the compute dtype (float32 or float64).
+    """
 
-        CB = torch.matmul(Cg, Bg.transpose(-1, -2)).tril_()                    # (b, g, 1, c, Q, Q)
-        M = _decay_mask(a, CB, g).mul_(CB).view(b, h, c, Q, Q)                  # (b, h, c, Q, Q)
-        Y = torch.matmul(M, X)                                                   # (b, h, c, Q, p)
-        del M, CB
+    def __init__(self, x, dt, A, B, C, chunk_size):
+        self.x, self.dt, self.A = x, dt, A
+        self.seqlen, self.h, self.p = x.shape[1:]
+        self.g, self.n = B.shape[2:]
+        self.r = self.h // self.g
+        self.X, self.a, self.Bg, self.Cg = _layout(x, dt, A, B, C, chunk_size)
+        self.b, _, self.c, self.Q, _ = self.X.shape
+        self._masks = None
 
-        B_to_end = (Bg * torch.exp(a[..., -1:] - a).view(b, g, r, c, Q, 1)).view(b, h, c, Q, n)
-        states = torch.matmul(B_to_end.transpose(-1, -2), X)                     # (b, h, c, n, p)
-        state0 = (X.new_zeros(b, h, n, p) if initial_state is None
-                  else initial_state.to(dtype).transpose(-1, -2))                # (b, h, n, p)
-        states_in, _ = _pass_states(states, torch.exp(a[..., -1]), state0)
-        C_from_start = (Cg * torch.exp(a).view(b, g, r, c, Q, 1)).view(b, h, c, Q, n)
+    def masks(self):
+        """CB (b, g, 1, c, Q, Q) lower triangle, L (b, g, r, c, Q, Q) and M = L * CB (b, h, c, Q, Q)."""
+        if self._masks is None:
+            b, h, c, Q = self.b, self.h, self.c, self.Q
+            CB = torch.matmul(self.Cg, self.Bg.transpose(-1, -2)).tril_()      # (b, g, 1, c, Q, Q)
+            L = _decay_mask(self.a, self.g)                                     # (b, g, r, c, Q, Q)
+            self._masks = CB, L, (L * CB).view(b, h, c, Q, Q)
+        return self._masks
+
+    def chunk_states(self):
+        """What each chunk adds to the state, (b, h, c, n, p), and each chunk's decay exp(a_Q), (b, h, c)."""
+        b, g, r, c, Q, h, n = self.b, self.g, self.r, self.c, self.Q, self.h, self.n
+        a = self.a
+        B_to_end = (self.Bg * torch.exp(a[..., -1:] - a).view(b, g, r, c, Q, 1)).view(b, h, c, Q, n)
+        return torch.matmul(B_to_end.transpose(-1, -2), self.X), torch.exp(a[..., -1])
+
+    def output(self, states_in, D):
+        """y (b, L, h, p) = intra-chunk M @ X + C_from_start @ S_in, + D * x."""
+        b, g, r, c, Q, h, n, p = self.b, self.g, self.r, self.c, self.Q, self.h, self.n, self.p
+        Y = torch.matmul(self.masks()[2], self.X)                              # (b, h, c, Q, p)
+        C_from_start = (self.Cg * torch.exp(self.a).view(b, g, r, c, Q, 1)).view(b, h, c, Q, n)
         Y += torch.matmul(C_from_start, states_in)
+        y = Y.view(b, h, c * Q, p)[:, :, :self.seqlen].transpose(1, 2)        # (b, L, h, p)
+        return y.contiguous() if D is None else torch.addcmul(y, self.x, D.to(y.dtype)[:, None])
 
-        y = Y.view(b, h, c * Q, p)[:, :, :seqlen].transpose(1, 2)              # (b, L, h, p)
-        y = y.contiguous() if D is None else torch.addcmul(y, x, D.to(dtype)[:, None])
-        ctx.save_for_backward(x, dt, A, B, C, D, states_in)
-        ctx.chunk_size, ctx.has_initial_state, ctx.out_dtype = chunk_size, initial_state is not None, out_dtype
-        return y.to(out_dtype)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, dt, A, B, C, D, states_in = ctx.saved_tensors
-        batch, seqlen, h, p = x.shape
-        g, n = B.shape[2:]
-        r = h // g
-        dtype = x.dtype
-        dy = dy.to(dtype)
-        X, a, Bg, Cg = _layout(x, dt, A, B, C, ctx.chunk_size)
-        b, _, c, Q, _ = X.shape
-        pad = c * Q - seqlen
-        dY = F.pad(dy, (0, 0, 0, 0, 0, pad)).permute(0, 2, 1, 3).reshape(b, h, c, Q, p)  # (b, h, c, Q, p)
+    def backward(self, dy, states_in, D, has_initial_state):
+        """Gradients (dx, ddt, dA, dB, dC, dD, d_initial_state) for output gradient dy (b, L, h, p)."""
+        b, g, r, c, Q, h, n, p = self.b, self.g, self.r, self.c, self.Q, self.h, self.n, self.p
+        x, dt, A, X, a, Bg, Cg, seqlen = self.x, self.dt, self.A, self.X, self.a, self.Bg, self.Cg, self.seqlen
+        dY = F.pad(dy, (0, 0, 0, 0, 0, c * Q - seqlen)).permute(0, 2, 1, 3).reshape(b, h, c, Q, p)
 
         # state -> output: Y += C_from_start @ S_in
         from_start = torch.exp(a)                                                  # (b, h, c, Q)
@@ -140,7 +143,7 @@ class SSDFunction(torch.autograd.Function):
             d_chunk_decay[:, :, z] = (G * states_in[:, :, z]).sum((-1, -2))
             G = torch.addcmul(dS_local[:, :, z], chunk_decay[:, :, z, None, None], G)
         da[..., -1] += d_chunk_decay * chunk_decay
-        d_initial_state = G.transpose(-1, -2) if ctx.has_initial_state else None  # (b, h, p, n)
+        d_initial_state = G.transpose(-1, -2) if has_initial_state else None      # (b, h, p, n)
 
         # chunk states: states = B_to_end^T @ X
         to_end = torch.exp(a[..., -1:] - a)                                         # (b, h, c, Q)
@@ -153,9 +156,8 @@ class SSDFunction(torch.autograd.Function):
         dB = (dB_to_end * to_end[..., None]).view(b, g, r, c, Q, n).sum(2)         # (b, g, c, Q, n)
 
         # intra-chunk: Y = M @ X with M = L * CB, L = exp(a_l - a_s)
-        CB = torch.matmul(Cg, Bg.transpose(-1, -2)).tril_()                       # (b, g, 1, c, Q, Q)
-        L = _decay_mask(a, CB, g)                                                  # (b, g, r, c, Q, Q)
-        M = (L * CB).view(b, h, c, Q, Q)
+        CB, L, M = self.masks()
+        self._masks = None  # M's buffer is reused below
         dX += torch.matmul(M.transpose(-1, -2), dY)
         dM = torch.matmul(dY, X.transpose(-1, -2))                                 # (b, h, c, Q, Q)
         dlogL = M.mul_(dM)                                                         # dM * M, in M's buffer
@@ -174,13 +176,47 @@ class SSDFunction(torch.autograd.Function):
         dA = (d_dtA * dt_h).sum((0, 2))                                            # (h,)
         dD = None
         if D is not None:
-            dx = torch.addcmul(dx, dy, D.to(dtype)[:, None])
+            dx = torch.addcmul(dx, dy, D.to(dy.dtype)[:, None])
             dD = (dy * x).sum((0, 1, 3)).to(D.dtype)
         dB = dB.permute(0, 2, 3, 1, 4).reshape(b, c * Q, g, n)[:, :seqlen]        # (b, L, g, n)
         dC = dC.permute(0, 2, 3, 1, 4).reshape(b, c * Q, g, n)[:, :seqlen]
+        return dx, ddt, dA, dB, dC, dD, d_initial_state
+
+
+def scan_forward(x, dt, A, B, C, D, initial_state, chunk_size):
+    """y (b, L, h, p) and the states entering each chunk (b, h, c, n, p), inputs in the compute dtype."""
+    scan = ChunkedSSD(x, dt, A, B, C, chunk_size)
+    states, chunk_decay = scan.chunk_states()
+    b, h, _, n, p = states.shape
+    state0 = (states.new_zeros(b, h, n, p) if initial_state is None
+              else initial_state.to(states.dtype).transpose(-1, -2))             # (b, h, n, p)
+    states_in, _ = _pass_states(states, chunk_decay, state0)
+    return scan.output(states_in, D), states_in
+
+
+class SSDFunction(torch.autograd.Function):
+    """y = ssd_chunked(x, dt, A, B, C, chunk_size, D, initial_state), differentiated by hand (see the module)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size):
+        check_shapes(x, dt, A, B, C, D, initial_state)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        ctx.input_dtypes = tuple(t.dtype for t in (x, dt, A, B, C))
+        ctx.out_dtype = x.dtype
+        x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
+        y, states_in = scan_forward(x, dt, A, B, C, D, initial_state, chunk_size)
+        ctx.save_for_backward(x, dt, A, B, C, D, states_in)
+        ctx.chunk_size, ctx.has_initial_state = chunk_size, initial_state is not None
+        return y.to(ctx.out_dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, dt, A, B, C, D, states_in = ctx.saved_tensors
+        scan = ChunkedSSD(x, dt, A, B, C, ctx.chunk_size)
+        dx, ddt, dA, dB, dC, dD, d_state0 = scan.backward(dy.to(x.dtype), states_in, D, ctx.has_initial_state)
         x_t, dt_t, A_t, B_t, C_t = ctx.input_dtypes
         return (dx.to(x_t), ddt.to(dt_t), dA.to(A_t), dB.to(B_t), dC.to(C_t), dD,
-                None if d_initial_state is None else d_initial_state.to(ctx.out_dtype), None)
+                None if d_state0 is None else d_state0.to(ctx.out_dtype), None)
 
 
 def ssd_trainable(x, dt, A, B, C, chunk_size=64, D=None, initial_state=None):
