@@ -6,8 +6,8 @@ of 32, d_state 16, SwiGLU 160) at 32x32 images, patch 2 and 1 (257 / 1,025 token
 * saved bytes per image: the distinct storages autograd saves during one forward
   (torch.autograd.graph.saved_tensors_hooks via benchmarks.machine.SavedTensorCounter; parameters and
   images excluded), divided by the batch. Exact and noise-free.
-* Adventurer is measured twice: as it trains by default (the mixer is pixelvit.ops.mixer.MemoryLeanMixer,
-  which keeps only its input and recomputes the rest in backward) and "as before" (the readable mixer with
+* Adventurer is measured twice: as it trains by default (the mixer is pixelvit.ops.mixer_autograd.MixerFunction,
+  which keeps its input and the per-chunk SSM states and recomputes the rest in backward) and "as before" (the readable mixer with
   the readable scan ssd_chunked at chunk 64, what pixelvit ran before the lean mixer existed).
 * step time: forward + backward + AdamW of the two Adventurer variants, alternated, medians; the ratio
   before / now is the "step time >= 0.85x today's" target (> 1: now faster).

@@ -1,7 +1,7 @@
 """7. Training throughput: images/s, GFLOP/s and the fraction of this process's own fp32 matmul rate, 1 and 2 threads.
 
 What a user's training step costs, as pixelvit's trainer runs it: the model from `create_model` in train mode
-with its defaults (Adventurer: the memory-lean mixer and the hand-differentiated scan), cross-entropy,
+with its defaults (Adventurer: the mixer as one hand-differentiated autograd Function, pixelvit.ops.mixer_autograd), cross-entropy,
 backward, gradient clipping at 1.0 and AdamW, on a batch of random 32x32 images. Work per image = 3 x the
 forward FLOPs of `pixelvit.costs.estimate` (backward ~ 2 x forward). The matmul rate is a 1024^3 fp32
 matmul measured in the same process at the same thread count, alternated with the steps, so the fraction
