@@ -8,12 +8,12 @@ which reuses this file's timing; this script alone is for exploring and writes t
 benchmarks/results/quick/ by default, so that no second copy of the same figure is committed.
 
 What runs in Adventurer on a CPU (pixelvit.models.mamba2, pixelvit.ops.mixer), and so what is timed here:
-  * training  - `ssd_scan` with gradients required, which is `ssd_trainable` (pixelvit.ops.ssd_autograd: the
-                chunked scan with a hand-derived backward): the memory-lean mixer's backward re-runs the
-                readable forward, and that forward calls it. Timed as forward + backward.
+  * training  - `ssd_trainable` (pixelvit.ops.ssd_autograd: the chunked scan with a hand-derived backward):
+                its forward and backward are the pieces the mixer's training Function runs
+                (pixelvit.ops.mixer_autograd; it also recomputes the scan's output in backward, reusing the
+                Q x Q matrices the backward builds anyway). Timed as forward + backward.
   * inference - `ssd_fast` on blocks of BLOCK_TOKENS (1,024) tokens, the state passed from block to block:
-                the calls MixerStream (pixelvit.ops.mixer) makes, which is also the forward of a training
-                step (the memory-lean mixer's forward is the stream). Timed as a forward without gradients.
+                the calls MixerStream (pixelvit.ops.mixer) makes. Timed as a forward without gradients.
   * sequential - `ssd_sequential`, the recurrence one step at a time, forward + backward: the ground truth
                 the two are tested against, and what the chunked algorithm is meant to beat.
 `ssd_chunked`, the readable version of the algorithm, is tested equal to all three and runs in no model.

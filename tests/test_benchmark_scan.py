@@ -1,8 +1,8 @@
 """Section 2 of the benchmarks times the scans the models run (benchmarks/bench_ssd.py), not another one.
 
 Checked by recording the calls: the benchmark's inference scan makes the very ssd_fast calls (lengths, chunk,
-state passed on) that an Adventurer's inference forward makes, and its training scan is ssd_trainable, what
-ssd_scan runs with gradients. (Before: section 2 timed ssd_chunked, which no model runs.)
+state passed on) that an Adventurer's inference forward makes, and its training scan (ssd_trainable) builds
+the same chunked scans (ssd_autograd.ChunkedSSD) as the mixer's training Function. (Before: section 2 timed ssd_chunked, which no model runs.)
 """
 
 import pytest
@@ -15,7 +15,7 @@ from pixelvit.ops import mixer, ssd, ssd_autograd
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """Every ssd_fast call (length, chunk, with a state?) and every SSDFunction.apply, wherever they are looked up."""
+    """Every ssd_fast call (length, chunk, with a state?) and every chunked training scan (ChunkedSSD: length, chunk)."""
     calls = []
     real_fast = ssd.ssd_fast
 
@@ -25,11 +25,13 @@ def recorded(monkeypatch):
 
     monkeypatch.setattr(ssd, "ssd_fast", fast)
     monkeypatch.setattr(mixer, "ssd_fast", fast)
-    real_trainable = ssd_autograd.ssd_trainable
-    for module in (ssd, ssd_autograd):
-        monkeypatch.setattr(module, "ssd_trainable",
-                            lambda *a, **k: calls.append(("ssd_trainable", a[0].shape[1], k["chunk_size"]))
-                            or real_trainable(*a, **k))
+    real_init = ssd_autograd.ChunkedSSD.__init__  # built once in a training scan's forward, once in its backward
+
+    def init(self, x, dt, A, B, C, chunk_size):
+        calls.append(("ChunkedSSD", x.shape[1], chunk_size))
+        real_init(self, x, dt, A, B, C, chunk_size)
+
+    monkeypatch.setattr(ssd_autograd.ChunkedSSD, "__init__", init)
     return calls
 
 
@@ -51,9 +53,10 @@ def test_the_inference_scan_is_the_models(recorded):
 def test_the_training_scan_is_the_models(recorded):
     model = create_model("adventurer_nano", img_size=8, patch_size=2, chunk_size=16).train()  # 16 + 2 = 18 tokens
     model(torch.randn(1, 3, 8, 8)).sum().backward()
-    assert ("ssd_trainable", 18, 16) in recorded  # the backward's recompute of the memory-lean mixer
+    per_layer = recorded[: len(recorded) // len(model.layers)]
+    assert per_layer == [("ChunkedSSD", 18, 16)] * 2  # MixerFunction: the scan's forward, then its backward
 
     recorded.clear()
     leaves, w = bench_ssd.make_inputs(18, batch=1, nheads=4, headdim=32, dstate=16, ngroups=1)
     bench_ssd.forward_backward(bench_ssd.implementations(16)["training"], leaves, w)
-    assert recorded == [("ssd_trainable", 18, 16)]
+    assert recorded == per_layer  # ssd_trainable: the same two, at the same length and chunk

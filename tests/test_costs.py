@@ -162,7 +162,7 @@ def test_activation_memory_matches_what_autograd_saves(name):
     images = torch.randn(2, 3, 32, 32)
     with SavedTensorCounter(exclude=[*model.parameters(), images]) as saved:
         loss = model(images).sum()
-    loss.backward()  # outside the counter: the lean mixer's recompute in backward is transient, not kept
+    loss.backward()  # outside the counter: the mixer's recompute in backward is transient, not kept
     values_saved = saved.bytes / 4 / 2  # fp32, per image
     values_estimated = costs.estimate(model)["activation_mb"] * 1e6 / costs.BYTES_PER_VALUE
     assert values_estimated == pytest.approx(values_saved, rel=0.10)

@@ -120,6 +120,9 @@ def test_each_command_line_trains_exactly_its_run(pilot):
 def test_plan_prices_every_run_from_the_measured_step_speeds(pilot, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path / "runs"))
     assert not (pilot.jobs.BUDGET.results / "pilot.json").exists()  # until a quiet-machine `pilot` writes it
+    # as before the pilot's own first run finished: only the rows reused from the cpu campaign are committed
+    # (the background worker commits rows to results/cifar10_patch1_pilot/runs.csv as its runs finish)
+    monkeypatch.setattr(pilot.plan, "committed_rows", pilot.patch1.reused_rows)
     assert pilot.plan.plan() == 0
     out = capsys.readouterr().out
     lines = {line.split()[1]: line for line in out.splitlines() if line[:3].strip().rstrip(".").isdigit()}
@@ -134,6 +137,20 @@ def test_plan_prices_every_run_from_the_measured_step_speeds(pilot, tmp_path, mo
     total = float(out.split("estimated single-thread hours left: ")[1].split()[0])
     assert total == pytest.approx(sum(hours.values()), abs=0.1)
 
+
+def test_plan_prices_the_rest_from_the_runs_that_finished(pilot, tmp_path, monkeypatch, capsys):
+    """A finished run's own training speed (its row's images_per_s) prices the runs of its kind still to train."""
+    monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path / "runs"))
+    finished = fabricated("adventurer_nano-p1-base-seed0", "base", 1, 48.0)
+    finished["images_per_s"] = 20.0
+    monkeypatch.setattr(pilot.plan, "committed_rows",
+                        lambda: {**pilot.patch1.reused_rows(), finished["name"]: finished})
+    assert pilot.plan.plan() == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines() if line[:3].strip().rstrip(".").isdigit()}
+    assert "committed" in lines["adventurer_nano-p1-base-seed0"]
+    expected = (781 * 64 / 20.0 + 10_000 / (3 * 20.0)) / 3600
+    assert f"{expected:5.1f} h" in lines["adventurer_nano-p1-lr1e-3-seed0"]
 
 def fabricated(name: str, setting: str, patch: int, top1: float) -> dict:
     return {"name": name, "setting": setting, "model": "adventurer_nano", "method": "scale", "patch_size": patch,

@@ -123,8 +123,8 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        if mixer_fast_paths.use_fast_path(self, u):  # the same function, streamed (inference) or memory-lean
-            return mixer_fast_paths.fast_forward(self, u)  # (training): see pixelvit/ops/mixer.py
+        if mixer_fast_paths.use_fast_path(self, u):  # the same function, streamed (inference) or one
+            return mixer_fast_paths.fast_forward(self, u)  # autograd Function (training): pixelvit/ops/mixer.py
         seqlen = u.shape[1]
         zxbcdt = self.in_proj(u)  # (B, L, d_inner + d_xBC + nheads)
         d_xBC = self.d_inner + 2 * self.ngroups * self.d_state

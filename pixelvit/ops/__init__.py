@@ -1,5 +1,7 @@
 """Low-level ops. `ssd`: the Mamba-2 SSD scan (reference implementations, fast CPU paths and a kernel
-dispatcher). `ssd_autograd`: the chunked scan with a hand-derived backward (the CPU training path). `mixer`: the Mamba-2 mixer streamed for inference and memory-lean for training."""
+dispatcher). `ssd_autograd`: the chunked scan with a hand-derived backward. `mixer`: the Mamba-2 mixer
+streamed for inference. `mixer_autograd`: the mixer as one autograd Function with a hand-written backward
+(the CPU training path)."""
 
 from pixelvit.ops.ssd import (
     CPU_CHUNK_SIZE,
