@@ -39,7 +39,8 @@ root_doc = "README"
 # sphinx-mathjax-offline: MathJax from the site itself (_static/mathjax), not from a CDN
 extensions = ["myst_nb", "sphinx-mathjax-offline"]
 include_patterns = ["README.md", "book/paper.md", "notebooks/[0-9]*.ipynb", "assignments/*/student/*.ipynb",
-                    "results/README.md", "results/cifar10_nano/README.md", "assignments/README.md",
+                    "results/README.md", "results/cifar10_nano/README.md", "results/cifar10_patch1_pilot/README.md",
+                    "assignments/README.md",
                     "notebooks/TIMINGS.md", "tools/README.md"]
 # not even walked: environments, build and run outputs, the assignments' masters and solutions
 exclude_patterns = [".*", "_build", "book/_static", "runs", "outputs", "test-artifacts", "build", "dist", "*.egg-info",

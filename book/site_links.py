@@ -51,6 +51,7 @@ assignments/*/student/*
 
 results/README
 results/cifar10_nano/README
+results/cifar10_patch1_pilot/README
 book/paper
 notebooks/TIMINGS
 ```

@@ -174,6 +174,10 @@ def test_the_results_page_has_its_figures(site):
     assert len(local) >= 2, page.images
     for src in local:
         assert (SITE / "results" / src).resolve().is_file(), src
+    pages = [href for href in page.links if not urlparse(href).netloc and href.split("#")[0].endswith(".html")]
+    assert "cifar10_patch1_pilot/README.html" in pages  # the pilot's generated page is on the site, not a dead link
+    for href in pages:
+        assert (SITE / "results" / href.split("#")[0]).resolve().is_file(), href
 
 
 def test_the_paper_page_quotes_the_tables(site):
