@@ -2,7 +2,8 @@
 
 Checked by recording the calls: the benchmark's inference scan makes the very ssd_fast calls (lengths, chunk,
 state passed on) that an Adventurer's inference forward makes, and its training scan (ssd_trainable) builds
-the same chunked scans (ssd_autograd.ChunkedSSD) as the mixer's training Function. (Before: section 2 timed ssd_chunked, which no model runs.)
+the same chunked scans (ssd_autograd.ChunkedSSD) as the mixer's training Function. (Before: section 2 timed
+ssd_chunked, which no model runs.)
 """
 
 import pytest

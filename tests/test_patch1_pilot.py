@@ -117,6 +117,11 @@ def test_each_command_line_trains_exactly_its_run(pilot):
         assert config.runs_dir == job.config().runs_dir and config.eval_every == 781
 
 
+def plan_lines(out: str) -> dict[str, str]:
+    """`plan`'s numbered queue lines by job name."""
+    return {line.split()[1]: line for line in out.splitlines() if line[:3].strip().rstrip(".").isdigit()}
+
+
 def test_plan_prices_every_run_from_the_measured_step_speeds(pilot, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PIXELVIT_CAMPAIGN_RUNS", str(tmp_path / "runs"))
     assert not (pilot.jobs.BUDGET.results / "pilot.json").exists()  # until a quiet-machine `pilot` writes it
@@ -125,7 +130,7 @@ def test_plan_prices_every_run_from_the_measured_step_speeds(pilot, tmp_path, mo
     monkeypatch.setattr(pilot.plan, "committed_rows", pilot.patch1.reused_rows)
     assert pilot.plan.plan() == 0
     out = capsys.readouterr().out
-    lines = {line.split()[1]: line for line in out.splitlines() if line[:3].strip().rstrip(".").isdigit()}
+    lines = plan_lines(out)
     assert len(lines) == len(pilot.jobs.queue())
     trainer = 12.0 / 1.3  # patch 1: the training step's 12 img/s, 30 % more time for the trainer's data loading
     expected = (781 * 64 / trainer + 10_000 / (3 * trainer)) / 3600
@@ -147,10 +152,11 @@ def test_plan_prices_the_rest_from_the_runs_that_finished(pilot, tmp_path, monke
                         lambda: {**pilot.patch1.reused_rows(), finished["name"]: finished})
     assert pilot.plan.plan() == 0
     out = capsys.readouterr().out
-    lines = {line.split()[1]: line for line in out.splitlines() if line[:3].strip().rstrip(".").isdigit()}
+    lines = plan_lines(out)
     assert "committed" in lines["adventurer_nano-p1-base-seed0"]
     expected = (781 * 64 / 20.0 + 10_000 / (3 * 20.0)) / 3600
     assert f"{expected:5.1f} h" in lines["adventurer_nano-p1-lr1e-3-seed0"]
+
 
 def fabricated(name: str, setting: str, patch: int, top1: float) -> dict:
     return {"name": name, "setting": setting, "model": "adventurer_nano", "method": "scale", "patch_size": patch,
