@@ -144,3 +144,75 @@ def test_float32_training_step_lowers_the_loss():
         losses.append(loss.item())
     assert all(torch.isfinite(p).all() for p in mixer.parameters())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_batch_pieces_cover_the_batch_in_order():
+    assert mixer_autograd.batch_pieces(64, 1026) == [slice(i, i + 4) for i in range(0, 64, 4)]  # 16 x 4,104 rows
+    assert mixer_autograd.batch_pieces(64, 66) == [slice(0, 64)]  # 4,224 rows: one piece
+    assert mixer_autograd.batch_pieces(1, 50178) == [slice(0, 1)]  # one long image: never split
+    pieces = mixer_autograd.batch_pieces(10, 1000)  # 2 pieces of 5
+    assert [(p.start, p.stop) for p in pieces] == [(0, 5), (5, 10)]
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for one test and puts the old one back."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_pieces_match_the_readable_mixer(monkeypatch, threads, n_threads):
+    """A batch split into pieces (in turn on one thread, or one thread per piece on two) gives the readable
+    output and gradients, and on two threads the pieces really do run on a pool."""
+    monkeypatch.setattr(mixer_autograd, "PIECE_ROWS", 40)  # batch 8 x 21 tokens: 4 pieces of 2 images
+    pools = []
+
+    class CountingPool(mixer_autograd.ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(mixer_autograd, "ThreadPoolExecutor", CountingPool)
+    threads(n_threads)
+    mixer = small_mixer(chunk_size=8)
+    u = torch.randn(8, 21, 16, dtype=torch.float64)
+    w = torch.randn(8, 21, 16, dtype=torch.float64)
+    assert len(mixer_autograd.batch_pieces(8, 21)) == 4
+    ref, g_ref = grads(mixer, u, w, readable=True)
+    out, g = grads(mixer, u, w, readable=False)
+    assert rel_err(out, ref) <= 1e-12
+    for a, b in zip(g, g_ref, strict=True):
+        assert rel_err(a, b) <= 1e-11
+    assert len(pools) == (2 if n_threads == 2 else 0)  # forward and backward, one pool each
+    assert torch.get_num_threads() == n_threads  # put back after the pool
+
+
+def test_a_piece_left_out_fails_the_comparison(monkeypatch):
+    """Negative control for the piece-wise gradients: keeping only the first piece's weight gradients."""
+    monkeypatch.setattr(mixer_autograd, "PIECE_ROWS", 40)
+    monkeypatch.setattr(mixer_autograd, "sum_in_order", lambda parts: list(parts[0]))
+    mixer = small_mixer(chunk_size=8)
+    u = torch.randn(8, 21, 16, dtype=torch.float64)
+    w = torch.randn(8, 21, 16, dtype=torch.float64)
+    _, g_ref = grads(mixer, u, w, readable=True)
+    _, bad = grads(mixer, u, w, readable=False)
+    assert rel_err(bad[0], g_ref[0]) <= 1e-11  # the input's gradient is per piece and still right
+    assert max(rel_err(a, b) for a, b in zip(bad[1:], g_ref[1:], strict=True)) > 0.1
+
+
+def test_the_bits_do_not_depend_on_the_thread_count(monkeypatch, threads):
+    """float32: one thread (pieces in turn) and two (a piece per thread) give bit-identical outputs and gradients."""
+    monkeypatch.setattr(mixer_autograd, "PIECE_ROWS", 256)  # batch 8 x 130 tokens: 4 pieces
+    torch.manual_seed(0)
+    mixer = Mamba2Mixer(32, d_state=16, headdim=16)
+    u = torch.randn(8, 130, 32)
+    w = torch.randn(8, 130, 32)
+    results = []
+    for n_threads in (1, 2):
+        threads(n_threads)
+        results.append(grads(mixer, u, w, readable=False))
+    (out1, g1), (out2, g2) = results
+    assert torch.equal(out1, out2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
