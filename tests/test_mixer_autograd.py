@@ -168,13 +168,8 @@ def test_pieces_match_the_readable_mixer(monkeypatch, threads, n_threads):
     output and gradients, and on two threads the pieces really do run on a pool."""
     monkeypatch.setattr(mixer_autograd, "PIECE_ROWS", 40)  # batch 8 x 21 tokens: 4 pieces of 2 images
     pools = []
-
-    class CountingPool(mixer_autograd.ThreadPoolExecutor):
-        def __init__(self, *args, **kwargs):
-            pools.append(args)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(mixer_autograd, "ThreadPoolExecutor", CountingPool)
+    real_pool = mixer_autograd._pool
+    monkeypatch.setattr(mixer_autograd, "_pool", lambda n: pools.append(n) or real_pool(n))
     threads(n_threads)
     mixer = small_mixer(chunk_size=8)
     u = torch.randn(8, 21, 16, dtype=torch.float64)
@@ -185,7 +180,7 @@ def test_pieces_match_the_readable_mixer(monkeypatch, threads, n_threads):
     assert rel_err(out, ref) <= 1e-12
     for a, b in zip(g, g_ref, strict=True):
         assert rel_err(a, b) <= 1e-11
-    assert len(pools) == (2 if n_threads == 2 else 0)  # forward and backward, one pool each
+    assert pools == ([2, 2] if n_threads == 2 else [])  # forward and backward on the pool of 2 threads
     assert torch.get_num_threads() == n_threads  # put back after the pool
 
 
@@ -216,3 +211,38 @@ def test_the_bits_do_not_depend_on_the_thread_count(monkeypatch, threads):
     (out1, g1), (out2, g2) = results
     assert torch.equal(out1, out2)
     assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+
+
+def _train_a_mixer_in_pieces(queue):
+    torch.set_num_threads(2)
+    mixer_autograd.PIECE_ROWS = 40
+    mixer = small_mixer(chunk_size=8)
+    u = torch.randn(8, 21, 16, dtype=torch.float64, requires_grad=True)
+    mixer_trainable(mixer, u).sum().backward()
+    queue.put(bool(torch.isfinite(u.grad).all()))
+
+
+def test_a_forked_child_trains_on_its_own_pool(threads):
+    """The pool of piece threads is kept for the process; a fork (a DataLoader worker) must not inherit a
+    pool whose threads it does not have (it would wait forever)."""
+    import multiprocessing
+
+    threads(2)
+    mixer = small_mixer(chunk_size=8)
+    u = torch.randn(8, 21, 16, dtype=torch.float64, requires_grad=True)
+    old_rows = mixer_autograd.PIECE_ROWS
+    mixer_autograd.PIECE_ROWS = 40
+    try:
+        mixer_trainable(mixer, u).sum().backward()  # the parent's pool exists now
+    finally:
+        mixer_autograd.PIECE_ROWS = old_rows
+    assert 2 in mixer_autograd._pools
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_train_a_mixer_in_pieces, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung on the parent's pool")
+    assert child.exitcode == 0 and queue.get(timeout=5)

@@ -17,9 +17,13 @@ gradient checkpointing do) then costs a second copy of all that. Here:
         dg = rstd * (dĝ - ĝ * mean(dĝ * ĝ))  with ĝ = g * rstd, dĝ = (dout @ W_out) * w   (per norm group)
         dy = dg * silu(z),  dz = dg * y * silu'(z),  silu'(v) = s (1 + v (1 - s)), s = sigmoid(v)
     dt = softplus(dt_raw + dt_bias):  d dt_raw = d dt * sigmoid(dt_raw + dt_bias);  A = -exp(A_log): dA_log = dA * A
-    xc_t = bias + sum_k w_k * xBC_{t - (d_conv - 1) + k} (causal depthwise conv, token-major: four multiply-adds)
+    xc_t = bias + sum_k w_k * xBC_{t - (d_conv - 1) + k} (causal depthwise conv, token-major: a multiply-add per tap)
         d xBC_s = sum_k w_k * dxc_{s + (d_conv - 1) - k},  dw_k = sum_t dxc_t * xBC_{t - (d_conv - 1) + k}
     zxbcdt = u @ W_in^T:  dW_in = dzxbcdt^T @ u,  du = dzxbcdt @ W_in
+
+Both run on pieces of the batch of ~4,096 rows (`batch_pieces`), whose tensors stay in the CPU's caches
+between the ~300 elementwise passes, and with two or more threads on one thread per piece (`run_pieces`);
+the weights' gradients are the pieces' sums, always in piece order.
 
 tests/test_mixer_autograd.py checks output and every gradient against autograd through the readable forward
 in float64 (odd lengths, groups, chunk padding; gradcheck) with a deliberately wrong variant as a negative
@@ -29,6 +33,7 @@ use_fast_path, fast_forward); inference streams instead, and autocast or a CUDA 
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -179,6 +184,20 @@ def batch_pieces(batch: int, length: int) -> list[slice]:
     return [slice(start, min(start + per_piece, batch)) for start in range(0, batch, per_piece)]
 
 
+# One pool per thread count, kept for the process: threads started afresh for every call got fresh malloc
+# arenas whose memory the kernel faulted in again (~30,000 page faults and ~0.1 s of system time per step at
+# 2 threads, 4 % of it); kept, their arenas stay warm. A forked child (a DataLoader worker) starts without it.
+_pools: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pools.clear)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="pixelvit-mixer-piece")
+    return _pools[threads]
+
+
 def run_pieces(fn, pieces: list[slice]) -> list:
     """[fn(piece) for piece in pieces], with all of torch's threads.
 
@@ -202,8 +221,7 @@ def run_pieces(fn, pieces: list[slice]) -> list:
 
     torch.set_num_threads(1)  # each piece's ops on its own thread (restored below)
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(in_worker, pieces))
+        return list(_pool(threads).map(in_worker, pieces))
     finally:
         torch.set_num_threads(threads)
 
