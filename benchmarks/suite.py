@@ -79,7 +79,8 @@ PROFILES = {
         "training_speed": dict(
             cases=[("adventurer_nano", p, "default") for p in (4, 2, 1)] + [("adventurer_nano", 1, "readable_mixer")]
             + [("vit_nano", p, "default") for p in (4, 2, 1)],
-            repeats=3,
+            repeats=5,  # 3 repeats after 1 warm-up step left the first, shortest case 1.5x off its A/B figure
+            warmup=2,
             profile_case=("adventurer_nano", 1),
         ),
     },
