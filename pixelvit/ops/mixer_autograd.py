@@ -165,11 +165,6 @@ def backward_piece(m, dout, u, weights, tiles, states_in, chunk):
                 None if dD is None else dD.to(D.dtype), d_norm_w.to(norm_w.dtype), d_out_w)
 
 
-def training_chunk(length: int) -> int:
-    """The scan's chunk length when the mixer does not set one."""
-    return 64
-
-
 # Rows (images x tokens) per piece of the batch. The mixer's elementwise passes are bound by memory bandwidth:
 # on ~4,096 rows a piece's tensors (~2.6 MB for 160 channels) stay in the CPU's caches between passes instead of
 # streaming 42 MB from RAM each time. adventurer_nano, patch 1, batch 64, one thread: one mixer's forward and
@@ -242,7 +237,7 @@ class MixerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, in_w, conv_w, conv_b, dt_bias, A_log, D, norm_w, out_w, m):
         weights = (in_w, conv_w, conv_b, dt_bias, A_log, D, norm_w, out_w)
-        chunk = m.chunk_size or training_chunk(u.shape[1])
+        chunk = m.chunk_size or 64
         pieces = batch_pieces(u.shape[0], u.shape[1])
         tiles = tile_taps(conv_w, conv_b, u.shape[1])
         results = run_pieces(lambda piece: forward_piece(m, u[piece], weights, tiles, chunk), pieces)
