@@ -215,27 +215,22 @@ def test_the_bits_do_not_depend_on_the_thread_count(monkeypatch, threads):
 
 def _train_a_mixer_in_pieces(queue):
     torch.set_num_threads(2)
-    mixer_autograd.PIECE_ROWS = 40
     mixer = small_mixer(chunk_size=8)
     u = torch.randn(8, 21, 16, dtype=torch.float64, requires_grad=True)
     mixer_trainable(mixer, u).sum().backward()
     queue.put(bool(torch.isfinite(u.grad).all()))
 
 
-def test_a_forked_child_trains_on_its_own_pool(threads):
+def test_a_forked_child_trains_on_its_own_pool(monkeypatch, threads):
     """The pool of piece threads is kept for the process; a fork (a DataLoader worker) must not inherit a
     pool whose threads it does not have (it would wait forever)."""
     import multiprocessing
 
+    monkeypatch.setattr(mixer_autograd, "PIECE_ROWS", 40)  # 4 pieces, here and in the forked child
     threads(2)
     mixer = small_mixer(chunk_size=8)
     u = torch.randn(8, 21, 16, dtype=torch.float64, requires_grad=True)
-    old_rows = mixer_autograd.PIECE_ROWS
-    mixer_autograd.PIECE_ROWS = 40
-    try:
-        mixer_trainable(mixer, u).sum().backward()  # the parent's pool exists now
-    finally:
-        mixer_autograd.PIECE_ROWS = old_rows
+    mixer_trainable(mixer, u).sum().backward()  # the parent's pool exists now
     assert 2 in mixer_autograd._pools
     context = multiprocessing.get_context("fork")
     queue = context.Queue()

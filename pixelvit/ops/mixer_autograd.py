@@ -90,6 +90,11 @@ def silu_backward(grad: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.silu_backward(grad, v)
 
 
+def split_in_proj(m, in_w):
+    """in_proj's weight as its three row blocks (views): z (d_inner rows), xBC (d_xBC), dt (nheads)."""
+    return torch.split(in_w, [m.d_inner, m.d_inner + 2 * m.ngroups * m.d_state, m.nheads])
+
+
 def front(m, u, in_w, tiles, dt_bias, A_log) -> SimpleNamespace:
     """The mixer up to the scan (in_proj, causal conv + SiLU, softplus), as Mamba2Mixer.forward computes it.
 
@@ -105,11 +110,6 @@ def front(m, u, in_w, tiles, dt_bias, A_log) -> SimpleNamespace:
         z=z.to(dtype), xBC_in=xBC_in, xc=xc, dt_in=dt_in, dt=F.softplus(dt_in), A=-torch.exp(A_log.to(dtype)),
         x=x.unflatten(-1, (m.nheads, m.headdim)),                             # (B, L, nheads, headdim)
         B=B.unflatten(-1, (m.ngroups, m.d_state)), C=C.unflatten(-1, (m.ngroups, m.d_state)))  # (B, L, g, n)
-
-
-def split_in_proj(m, in_w):
-    """in_proj's weight as its three row blocks (views): z (d_inner rows), xBC (d_xBC), dt (nheads)."""
-    return torch.split(in_w, [m.d_inner, m.d_inner + 2 * m.ngroups * m.d_state, m.nheads])
 
 
 def gated_norm(m, y, z, norm_w):
@@ -175,7 +175,7 @@ PIECE_ROWS = 4096
 def batch_pieces(batch: int, length: int) -> list[slice]:
     """The batch in equal slices of at least PIECE_ROWS rows where it has them (one piece where it does not)."""
     count = max(1, min(batch, batch * length // PIECE_ROWS))                   # pieces
-    per_piece = -(-batch // max(count, 1))
+    per_piece = -(-batch // count)
     return [slice(start, min(start + per_piece, batch)) for start in range(0, batch, per_piece)]
 
 
@@ -250,7 +250,8 @@ class MixerFunction(torch.autograd.Function):
     def backward(ctx, dout):
         u, *weights, states_in = ctx.saved_tensors
         m, chunk = ctx.mixer, ctx.chunk
-        tiles = tile_taps(weights[1], weights[2], u.shape[1])
+        _, conv_w, conv_b, *_ = weights
+        tiles = tile_taps(conv_w, conv_b, u.shape[1])
 
         def piece_backward(piece):
             return backward_piece(m, dout[piece], u[piece], weights, tiles, states_in[piece], chunk)
